@@ -1,0 +1,3 @@
+//! facilitator-client: the ComputeHorde validator's client for the facilitator.
+
+pub mod protocol;
