@@ -1,3 +1,4 @@
 //! facilitator-client: the ComputeHorde validator's client for the facilitator.
 
 pub mod protocol;
+pub mod machine;

@@ -1,0 +1,143 @@
+//! The outbox: job status updates waiting to be sent, and those sent but not yet answered (in flight).
+//!
+//! Owns ordering. Statuses leave in the order they were accepted; on a disconnect the in-flight ones go back to
+//! the front, in order, so per-job order holds across reconnects. Nothing is ever dropped here: the outbox only
+//! says when it is full, and the machine turns that into backpressure.
+
+use std::collections::VecDeque;
+
+use crate::protocol::JobStatusUpdate;
+
+/// A status update held by the outbox, with how many times it has been sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// The update itself.
+    pub update: JobStatusUpdate,
+    /// How many times it has been written to a socket (0 while it has never left).
+    pub sends: u32,
+}
+
+/// A bounded, ordered queue of status updates plus the FIFO of those in flight.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    queued: VecDeque<Pending>,
+    in_flight: VecDeque<Pending>,
+    capacity: usize,
+}
+
+impl Outbox {
+    /// An empty outbox that reports itself full at `capacity` held updates (queued plus in flight).
+    pub fn new(capacity: usize) -> Self {
+        Outbox { queued: VecDeque::new(), in_flight: VecDeque::new(), capacity: capacity.max(1) }
+    }
+
+    /// Appends an update. Never refuses: the bound is enforced by producers waiting on [`Outbox::has_room`].
+    pub fn push(&mut self, update: JobStatusUpdate) {
+        self.queued.push_back(Pending { update, sends: 0 });
+    }
+
+    /// Whether a producer may add another update without going over capacity.
+    pub fn has_room(&self) -> bool {
+        self.len() < self.capacity
+    }
+
+    /// Moves the next queued update into flight and returns it, unless `max_in_flight` are already out.
+    pub fn send_next(&mut self, max_in_flight: usize) -> Option<&Pending> {
+        if self.in_flight.len() >= max_in_flight {
+            return None;
+        }
+        let mut next = self.queued.pop_front()?;
+        next.sends += 1;
+        self.in_flight.push_back(next);
+        self.in_flight.back()
+    }
+
+    /// Takes the oldest in-flight update: the one a Response answers.
+    pub fn acknowledge(&mut self) -> Option<Pending> {
+        self.in_flight.pop_front()
+    }
+
+    /// Puts every in-flight update back at the front of the queue, in order (the connection was lost).
+    pub fn requeue_in_flight(&mut self) -> usize {
+        let moved = self.in_flight.len();
+        while let Some(pending) = self.in_flight.pop_back() {
+            self.queued.push_front(pending);
+        }
+        moved
+    }
+
+    /// Updates held in all: queued plus in flight.
+    pub fn len(&self) -> usize {
+        self.queued.len() + self.in_flight.len()
+    }
+
+    /// Whether nothing is queued and nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Updates waiting to be sent.
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Updates sent and not yet answered.
+    pub fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Every held update, in flight first, each in order: the order they would be delivered in.
+    pub fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.in_flight.iter().chain(self.queued.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::JobStatus;
+
+    fn update(uuid: &str, status: JobStatus) -> JobStatusUpdate {
+        JobStatusUpdate::new(uuid, status)
+    }
+
+    #[test]
+    fn requeued_in_flight_updates_go_back_in_front_in_order() {
+        let mut outbox = Outbox::new(10);
+        outbox.push(update("a", JobStatus::Received));
+        outbox.push(update("a", JobStatus::Accepted));
+        outbox.push(update("a", JobStatus::Completed));
+        assert!(outbox.send_next(10).is_some());
+        assert!(outbox.send_next(10).is_some());
+        assert_eq!(outbox.requeue_in_flight(), 2);
+        let order: Vec<_> = outbox.iter().map(|p| (p.update.status, p.sends)).collect();
+        assert_eq!(
+            order,
+            vec![(JobStatus::Received, 1), (JobStatus::Accepted, 1), (JobStatus::Completed, 0)]
+        );
+    }
+
+    #[test]
+    fn in_flight_window_limits_sends() {
+        let mut outbox = Outbox::new(10);
+        for _ in 0..3 {
+            outbox.push(update("a", JobStatus::Accepted));
+        }
+        assert!(outbox.send_next(2).is_some());
+        assert!(outbox.send_next(2).is_some());
+        assert!(outbox.send_next(2).is_none());
+        assert!(outbox.acknowledge().is_some());
+        assert!(outbox.send_next(2).is_some());
+    }
+
+    #[test]
+    fn reports_full_at_capacity_but_never_refuses() {
+        let mut outbox = Outbox::new(2);
+        outbox.push(update("a", JobStatus::Accepted));
+        assert!(outbox.has_room());
+        outbox.push(update("a", JobStatus::Completed));
+        assert!(!outbox.has_room());
+        outbox.push(update("b", JobStatus::Received));
+        assert_eq!(outbox.len(), 3);
+    }
+}
