@@ -212,8 +212,9 @@ impl Hotkey {
                     .find(|(_, hotkey)| hotkey.public_key() == expected_key)
                     .map(|(_, hotkey)| hotkey)
                     .ok_or_else(|| {
+                        let verb = if mismatched.len() == 1 { "does" } else { "do" };
                         format!(
-                            "its {} do not give the key of its {field} ({}); the file is damaged",
+                            "its {} {verb} not give the key of its {field} ({}); the file is damaged",
                             mismatched.join(" and "),
                             ss58_encode(&expected_key)
                         )

@@ -65,13 +65,20 @@ pub fn float_repr(x: f64) -> Option<String> {
     if !x.is_finite() {
         return None;
     }
-    // Rust's `{:e}` gives the same shortest round-trip digits as Python's repr (both pick the closest of the
-    // shortest candidates); only the layout differs.
-    let sci = format!("{:e}", x);
-    let (negative, sci) = match sci.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, sci.as_str()),
-    };
+    // Python's repr uses the fewest significant digits that read back as `x`, and among the candidates with that
+    // many digits the closest one, ties to even. Rust's `{:e}` finds the same digit count but breaks exact ties
+    // upwards (1462468587316101.25 -> ...101.3, Python ...101.2), so take only the count from it and let the
+    // exact-precision formatter, which rounds half to even, produce the digits.
+    let magnitude = x.abs();
+    let shortest = format!("{magnitude:e}");
+    let digit_count = shortest
+        .split('e')
+        .next()?
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
+    let sci = format!("{magnitude:.*e}", digit_count.saturating_sub(1));
+    let negative = x.is_sign_negative();
     let (mantissa, exponent) = sci.split_once('e')?;
     let exponent: i32 = exponent.parse().ok()?;
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
@@ -206,6 +213,9 @@ mod tests {
             (12.0, "12.0"),
             (0.001, "0.001"),
             (1234.5678, "1234.5678"),
+            // Exact ties between two shortest candidates go to the even digit, as in Python.
+            (1462468587316101.25, "1462468587316101.2"),
+            (12699216772186.3125, "12699216772186.312"),
         ];
         for (x, expected) in cases {
             assert_eq!(float_repr(*x).as_deref(), Some(*expected), "{x:e}");
