@@ -13,7 +13,7 @@ macro_rules! wire_enum {
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, arbitrary::Arbitrary)]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $(#[doc = concat!("`\"", $text, "\"`")] $variant),+ }
 
         impl $name {
             /// Every value, in the protocol's declaration order.

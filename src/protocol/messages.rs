@@ -43,7 +43,8 @@ impl<'de> Deserialize<'de> for ClientMessage {
             Some(Value::String(t)) => t,
             Some(other) => {
                 return Err(D::Error::custom(format!(
-                    "message_type must be a string, found {other}"
+                    "message_type must be a string, found {}",
+                    super::wire::brief_json(&other)
                 )));
             }
             None => return Err(D::Error::missing_field("message_type")),
