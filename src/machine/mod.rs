@@ -476,6 +476,13 @@ pub enum Event {
         /// Whether its signature verified from a trusted signer.
         trusted: bool,
     },
+    /// The drain deadline passed: running jobs were cancelled (each reported `horde_failed`).
+    DrainDeadlinePassed {
+        /// Jobs cancelled.
+        jobs_cancelled: usize,
+        /// Status updates not yet acknowledged, the cancelled jobs' reports included.
+        unacknowledged: usize,
+    },
     /// Something arrived that was ignored (counted in the metrics).
     Ignored {
         /// What, and why it was ignored.
@@ -619,6 +626,10 @@ impl Machine {
                     DrainPhase::Cancelling { deadline, .. } => (*deadline, "cancelled-job reports"),
                     DrainPhase::Closing { deadline, .. } => (*deadline, "close timeout"),
                 };
+                if matches!(phase, DrainPhase::Closing { .. }) {
+                    // Close sent: nothing else may be written, so no heartbeat; the close timeout bounds the wait.
+                    return Some(phase_deadline);
+                }
                 let link = link_deadline(link);
                 Some(if phase_deadline.0 <= link.0 { phase_deadline } else { link })
             }
@@ -742,9 +753,11 @@ impl Machine {
             DrainPhase::Flushing { deadline } => {
                 // Time is up for running jobs: kill them and report each as horde_failed, best effort within the
                 // close timeout (half of it for the reports' Responses, the rest for the close handshake).
-                let close_by = deadline.max(now) + self.config.close_timeout;
-                let reports_by = deadline.max(now) + self.config.close_timeout / 2;
+                // Measured from the drain deadline, not from `now`: a late Tick must not extend the bound.
+                let close_by = deadline + self.config.close_timeout;
+                let reports_by = deadline + self.config.close_timeout / 2;
                 let cancelled: Vec<String> = std::mem::take(&mut self.jobs).into_iter().collect();
+                let cancelled_count = cancelled.len();
                 if !cancelled.is_empty() {
                     out.push(Action::CancelJobs);
                     self.counters.jobs_cancelled += cancelled.len() as u64;
@@ -760,11 +773,9 @@ impl Machine {
                 if let State::Draining { phase, .. } = &mut self.state {
                     *phase = DrainPhase::Cancelling { deadline: reports_by, close_by };
                 }
-                out.push(Action::Emit(Event::Ignored {
-                    what: format!(
-                        "drain deadline passed with {} status update(s) unacknowledged",
-                        self.outbox.len()
-                    ),
+                out.push(Action::Emit(Event::DrainDeadlinePassed {
+                    jobs_cancelled: cancelled_count,
+                    unacknowledged: self.outbox.len(),
                 }));
                 self.pump(out);
                 self.check_drained(now, out);
@@ -837,8 +848,8 @@ impl Machine {
                     ServerMessage::JobRequest(job) => self.on_job(job, out),
                     ServerMessage::JobCheated(report) => {
                         self.counters.cheat_reports += 1;
-                        let _ = report;
-                        out.push(Action::Emit(Event::CheatReport { job_uuid: String::new(), trusted: false }));
+                        let trusted = self.signers.check_cheat_report(&report).is_ok();
+                        out.push(Action::Emit(Event::CheatReport { job_uuid: report.job_uuid.clone(), trusted }));
                     }
                 }
             }

@@ -1,0 +1,655 @@
+//! A simulated world for the pure machine: a model facilitator, a model socket, model job handlers and a
+//! simulated clock, with the machine's invariants checked after every step.
+//!
+//! The property tests, the `transitions` fuzz target and its seed-replay test all drive the machine through
+//! [`Sim::apply`], so a fuzz body cannot rot and a property cannot drift from what the fuzzer checks. Each
+//! [`SimEvent`] is turned into an input that is legal in the current world (a Response only when a status is in
+//! flight on an authenticated socket, and so on), except [`SimEvent::Stale`], which feeds deliberately out-of-place
+//! inputs. Pure: no I/O, no clock of its own beyond one `Instant` taken as the origin.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::machine::{Action, BackoffConfig, Config, Event, Input, Machine};
+use crate::protocol::keys::Hotkey;
+use crate::protocol::{
+    ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage, TrustedSigners,
+    decode_server_frame, error_type, testing::signed_job_text,
+};
+
+/// One thing that happens in the simulated world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
+pub enum SimEvent {
+    /// Time moves to the machine's next deadline, and it gets a Tick.
+    Wait,
+    /// Time moves on by this many milliseconds (possibly short of the deadline), and the machine gets a Tick.
+    Advance(u16),
+    /// The pending socket opens.
+    OpenSucceeds,
+    /// The pending or open socket fails.
+    SocketFails,
+    /// The facilitator answers the auth request.
+    AuthReply(AuthReply),
+    /// The facilitator answers the oldest in-flight status update; `not_found` makes it `job.not_found`,
+    /// otherwise success or, for a status it already stored, `job.integrity_error`.
+    Ack {
+        /// Answer `job.not_found` instead.
+        not_found: bool,
+    },
+    /// The facilitator pushes a job request.
+    PushJob(JobKind),
+    /// The facilitator sends something odd.
+    Noise(NoiseKind),
+    /// A Pong arrives.
+    Pong,
+    /// The facilitator closes the connection.
+    PeerCloses(CloseKind),
+    /// A running job's handler reports a status (`job` picks among running jobs, `status` among statuses).
+    HandlerStatus {
+        /// Which running job.
+        job: u8,
+        /// Which status.
+        status: u8,
+    },
+    /// A running job's handler ends.
+    HandlerFinishes {
+        /// Which running job.
+        job: u8,
+    },
+    /// First shutdown signal.
+    Shutdown,
+    /// Second shutdown signal.
+    ForceStop,
+    /// An input that does not fit the world (a stale socket event, a frame with no socket, ...).
+    Stale(u8),
+}
+
+/// How the facilitator answers an auth request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
+pub enum AuthReply {
+    /// `{"status":"success","errors":[]}`.
+    Success,
+    /// `auth.signature_invalid` (fatal).
+    SignatureInvalid,
+    /// `auth.validator_not_found` (retried at the cap).
+    ValidatorNotFound,
+    /// A job request instead of a Response.
+    Garbage,
+}
+
+/// What kind of job request the facilitator pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
+pub enum JobKind {
+    /// Signed by a trusted signer.
+    Valid,
+    /// Signed by a key the client does not trust.
+    Untrusted,
+    /// Readable uuid, unknown executor class.
+    Invalid,
+    /// The uuid of a job already running.
+    Duplicate,
+}
+
+/// Odd frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
+pub enum NoiseKind {
+    /// Not JSON.
+    Garbage,
+    /// A binary frame.
+    Binary,
+    /// A Response although nothing is in flight (only sent when nothing is).
+    UnexpectedResponse,
+}
+
+/// How the facilitator closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
+pub enum CloseKind {
+    /// 1000.
+    Normal,
+    /// 3000.
+    SignatureInvalid,
+    /// 3001.
+    ValidatorNotFound,
+    /// No close frame.
+    Abrupt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Socket {
+    None,
+    Opening,
+    Open { authed: bool, sent_anything: bool, closing: bool },
+}
+
+const TEMPLATE_UUID: &str = "00000000-0000-4000-8000-000000000000";
+
+/// The machine's configuration used by the simulation: short timeouts so that a few hundred events cover many
+/// reconnects and drains, a small outbox and in-flight window so that backpressure and the window are exercised.
+pub fn sim_config(seed: u64) -> Config {
+    Config {
+        heartbeat_interval: Duration::from_secs(2),
+        peer_timeout: Duration::from_secs(4),
+        connect_timeout: Duration::from_secs(3),
+        drain_timeout: Duration::from_secs(5),
+        close_timeout: Duration::from_secs(1),
+        backoff: BackoffConfig {
+            base: Duration::from_millis(500),
+            factor: 2.0,
+            cap: Duration::from_secs(8),
+            jitter: 0.5,
+            stable_after: Duration::from_secs(3),
+        },
+        jitter_seed: seed,
+        outbox_capacity: 16,
+        max_in_flight: 4,
+    }
+}
+
+/// The simulated world around one machine.
+pub struct Sim {
+    /// The machine under test.
+    pub machine: Machine,
+    now: Instant,
+    origin: Instant,
+    socket: Socket,
+    job_template: String,
+    untrusted_template: String,
+    next_job: u64,
+    next_seq: u64,
+    /// Jobs dispatched and neither finished nor cancelled.
+    running: Vec<String>,
+    /// Every job ever dispatched.
+    dispatched: HashSet<String>,
+    /// The facilitator's stored (uuid, status) pairs.
+    stored: HashSet<(String, JobStatus)>,
+    /// Statuses sent on the current socket and not yet answered, as the facilitator sees them.
+    server_in_flight: VecDeque<(String, JobStatus, Option<u64>)>,
+    /// Handler statuses fed to the machine, by sequence number: (uuid, status).
+    fed: Vec<(String, JobStatus)>,
+    /// Sequence numbers the facilitator refused (job.not_found).
+    refused: HashSet<u64>,
+    /// Per job: the highest sequence number sent for the first time.
+    first_sent: HashMap<String, u64>,
+    /// Sequence numbers sent at least once.
+    ever_sent: HashSet<u64>,
+    /// Per job, on the current socket: the highest sequence number sent.
+    sent_on_socket: HashMap<String, u64>,
+    /// Jobs whose `received` was sent.
+    received_sent: HashSet<String>,
+    shutdown_at: Option<Instant>,
+    /// Steps taken.
+    pub steps: u64,
+}
+
+impl Sim {
+    /// A world whose machine is due to connect at once. `seed` drives the backoff jitter.
+    pub fn new(seed: u64) -> Self {
+        Self::with_config(sim_config(seed))
+    }
+
+    /// A world with a given machine configuration.
+    pub fn with_config(config: Config) -> Self {
+        let own = Hotkey::from_seed(&[7u8; 32]);
+        let signer = Hotkey::from_seed(&[0x11u8; 32]);
+        let stranger = Hotkey::from_seed(&[0x22u8; 32]);
+        let signers = TrustedSigners::new(own.public_key(), &[signer.ss58()])
+            .unwrap_or_else(|e| unreachable!("a freshly made SS58 address parses: {e}"));
+        let origin = Instant::now();
+        Sim {
+            machine: Machine::new(config, own.auth_request(), signers, origin),
+            now: origin,
+            origin,
+            socket: Socket::None,
+            job_template: signed_job_text(&signer, TEMPLATE_UUID),
+            untrusted_template: signed_job_text(&stranger, TEMPLATE_UUID),
+            next_job: 0,
+            next_seq: 0,
+            running: Vec::new(),
+            dispatched: HashSet::new(),
+            stored: HashSet::new(),
+            server_in_flight: VecDeque::new(),
+            fed: Vec::new(),
+            refused: HashSet::new(),
+            first_sent: HashMap::new(),
+            ever_sent: HashSet::new(),
+            sent_on_socket: HashMap::new(),
+            received_sent: HashSet::new(),
+            shutdown_at: None,
+            steps: 0,
+        }
+    }
+
+    /// The simulated current time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// UUIDs of jobs running in the world (dispatched, not finished, not cancelled).
+    pub fn running_jobs(&self) -> &[String] {
+        &self.running
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.origin
+    }
+
+    /// Runs one event; `Err` names the invariant that broke.
+    pub fn apply(&mut self, event: SimEvent) -> Result<(), String> {
+        match event {
+            SimEvent::Wait => {
+                let Some((deadline, why)) = self.machine.poll_timeout() else { return Ok(()) };
+                self.now = self.now.max(deadline);
+                let before = self.machine.state().clone();
+                let actions = self.step(Input::Tick)?;
+                if actions.is_empty() && *self.machine.state() == before {
+                    return Err(format!("woken for {why:?} at its deadline and did nothing"));
+                }
+            }
+            SimEvent::Advance(ms) => {
+                self.now += Duration::from_millis(u64::from(ms));
+                self.step(Input::Tick)?;
+            }
+            SimEvent::OpenSucceeds => {
+                if self.socket == Socket::Opening {
+                    self.socket = Socket::Open { authed: false, sent_anything: false, closing: false };
+                    self.step(Input::SocketOpened)?;
+                }
+            }
+            SimEvent::SocketFails => {
+                if self.socket != Socket::None {
+                    self.drop_socket();
+                    self.step(Input::SocketFailed("simulated failure".into()))?;
+                }
+            }
+            SimEvent::AuthReply(reply) => {
+                if let Socket::Open { authed: false, sent_anything: true, .. } = self.socket {
+                    match reply {
+                        AuthReply::Success => {
+                            self.socket = Socket::Open { authed: true, sent_anything: true, closing: false };
+                            self.step(Input::Frame(ServerMessage::Response(Response::success())))?;
+                        }
+                        AuthReply::SignatureInvalid => {
+                            let r = Response::error(error_type::SIGNATURE_INVALID, "Invalid signature", "");
+                            self.step(Input::Frame(ServerMessage::Response(r)))?;
+                        }
+                        AuthReply::ValidatorNotFound => {
+                            let r = Response::error(error_type::VALIDATOR_NOT_FOUND, "Validator not found", "");
+                            self.step(Input::Frame(ServerMessage::Response(r)))?;
+                        }
+                        AuthReply::Garbage => {
+                            let frame = self.job_frame(&self.job_template.clone(), None);
+                            self.step(frame)?;
+                        }
+                    }
+                }
+            }
+            SimEvent::Ack { not_found } => {
+                if self.authed() {
+                    if let Some((uuid, status, seq)) = self.server_in_flight.pop_front() {
+                        let response = if not_found {
+                            if let Some(seq) = seq {
+                                self.refused.insert(seq);
+                            }
+                            Response::error(error_type::JOB_NOT_FOUND, "Job not found", "")
+                        } else if self.stored.insert((uuid.clone(), status)) {
+                            Response::success()
+                        } else {
+                            Response::error(error_type::INTEGRITY_ERROR, "Integrity error", "")
+                        };
+                        let actions = self.step(Input::Frame(ServerMessage::Response(response)))?;
+                        let answered = actions.iter().find_map(|a| match a {
+                            Action::Emit(Event::StatusDelivered { uuid, status, .. })
+                            | Action::Emit(Event::StatusRefused { uuid, status, .. }) => Some((uuid, *status)),
+                            _ => None,
+                        });
+                        if answered != Some((&uuid, status)) {
+                            return Err(format!(
+                                "Response for {uuid}/{status} was matched to {answered:?}: FIFO matching broken"
+                            ));
+                        }
+                    }
+                }
+            }
+            SimEvent::PushJob(kind) => {
+                if self.authed() {
+                    let frame = match kind {
+                        JobKind::Valid => self.job_frame(&self.job_template.clone(), None),
+                        JobKind::Untrusted => self.job_frame(&self.untrusted_template.clone(), None),
+                        JobKind::Invalid => {
+                            let text = self.job_template.replace("always_on.gpu-24gb", "no_such.class");
+                            self.job_frame(&text, None)
+                        }
+                        JobKind::Duplicate => match self.running.first().cloned() {
+                            Some(uuid) => self.job_frame(&self.job_template.clone(), Some(uuid)),
+                            None => return Ok(()),
+                        },
+                    };
+                    self.step(frame)?;
+                }
+            }
+            SimEvent::Noise(kind) => {
+                if self.authed() {
+                    let input = match kind {
+                        NoiseKind::Garbage => match decode_server_frame("{not json", 1 << 20) {
+                            Err(e) => Input::Undecodable(e),
+                            Ok(m) => Input::Frame(m),
+                        },
+                        NoiseKind::Binary => Input::Undecodable(DecodeError::Binary),
+                        NoiseKind::UnexpectedResponse if self.server_in_flight.is_empty() => {
+                            Input::Frame(ServerMessage::Response(Response::success()))
+                        }
+                        NoiseKind::UnexpectedResponse => return Ok(()),
+                    };
+                    self.step(input)?;
+                }
+            }
+            SimEvent::Pong => {
+                if self.authed() {
+                    self.step(Input::Pong)?;
+                }
+            }
+            SimEvent::PeerCloses(kind) => {
+                if matches!(self.socket, Socket::Open { .. }) {
+                    let code = match kind {
+                        CloseKind::Normal => Some(1000),
+                        CloseKind::SignatureInvalid => Some(3000),
+                        CloseKind::ValidatorNotFound => Some(3001),
+                        CloseKind::Abrupt => None,
+                    };
+                    self.drop_socket();
+                    self.step(Input::SocketClosed(code))?;
+                }
+            }
+            SimEvent::HandlerStatus { job, status } => {
+                if !self.running.is_empty() && self.machine.accepts_statuses() {
+                    let uuid = self.running[usize::from(job) % self.running.len()].clone();
+                    let choices = [JobStatus::Accepted, JobStatus::ExecutorReady, JobStatus::Completed, JobStatus::Failed];
+                    let status = choices[usize::from(status) % choices.len()];
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    self.fed.push((uuid.clone(), status));
+                    let mut update = JobStatusUpdate::new(uuid, status);
+                    update.metadata.extra.insert("seq".into(), Value::from(seq));
+                    self.step(Input::Status(update))?;
+                }
+            }
+            SimEvent::HandlerFinishes { job } => {
+                if !self.running.is_empty() {
+                    let uuid = self.running.remove(usize::from(job) % self.running.len());
+                    self.step(Input::JobFinished(uuid))?;
+                }
+            }
+            SimEvent::Shutdown => {
+                if self.shutdown_at.is_none() && !self.machine.state().is_stopped() {
+                    self.shutdown_at = Some(self.now);
+                }
+                self.step(Input::Shutdown)?;
+            }
+            SimEvent::ForceStop => {
+                self.step(Input::ForceStop)?;
+                if !self.machine.state().is_stopped() {
+                    return Err("ForceStop did not stop the machine in one step".into());
+                }
+            }
+            SimEvent::Stale(which) => {
+                // Bring the world up to date first, so that "stale" is judged against the socket as it is now.
+                self.step(Input::Tick)?;
+                let input = match (which % 5, self.socket) {
+                    (0, Socket::Open { .. }) | (0, Socket::None) => Input::SocketOpened,
+                    (1, Socket::None) => Input::Frame(ServerMessage::Response(Response::success())),
+                    (2, Socket::None) => Input::SocketClosed(Some(1000)),
+                    (3, Socket::None) => Input::Pong,
+                    (4, _) => Input::JobFinished("00000000-0000-4000-8000-ffffffffffff".into()),
+                    _ => return Ok(()),
+                };
+                self.step(input)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn authed(&self) -> bool {
+        matches!(self.socket, Socket::Open { authed: true, .. })
+    }
+
+    fn drop_socket(&mut self) {
+        self.socket = Socket::None;
+        self.server_in_flight.clear();
+        self.sent_on_socket.clear();
+    }
+
+    fn job_frame(&mut self, template: &str, uuid: Option<String>) -> Input {
+        let uuid = uuid.unwrap_or_else(|| {
+            self.next_job += 1;
+            format!("00000000-0000-4000-8000-{:012x}", self.next_job)
+        });
+        match decode_server_frame(&template.replace(TEMPLATE_UUID, &uuid), 1 << 20) {
+            Ok(message) => Input::Frame(message),
+            Err(error) => Input::Undecodable(error),
+        }
+    }
+
+    /// Steps the machine, carries out its actions on the model world and checks every invariant.
+    fn step(&mut self, input: Input) -> Result<Vec<Action>, String> {
+        self.steps += 1;
+        let was_stopped = self.machine.state().is_stopped();
+        let kind = input.kind();
+        let actions = self.machine.step(input, self.now);
+        if was_stopped && (!actions.is_empty() || !self.machine.state().is_stopped()) {
+            return Err(format!("Stopped is not absorbing: {kind:?} gave {actions:?}"));
+        }
+        for action in &actions {
+            self.carry_out(action)?;
+        }
+        self.check_invariants()?;
+        Ok(actions)
+    }
+
+    fn carry_out(&mut self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::Open => {
+                if self.socket != Socket::None {
+                    return Err("Open while a socket is already open: two sockets at once".into());
+                }
+                self.socket = Socket::Opening;
+            }
+            Action::Send(message) => self.on_send(message)?,
+            Action::Ping => {
+                if !self.authed() {
+                    return Err("Ping before authentication".into());
+                }
+            }
+            Action::Close(_) => match &mut self.socket {
+                Socket::Open { closing, .. } => *closing = true,
+                _ => return Err("Close with no open socket".into()),
+            },
+            Action::Abort => self.drop_socket(),
+            Action::Dispatch(job) => {
+                let uuid = job.uuid().to_owned();
+                if self.running.contains(&uuid) {
+                    return Err(format!("job {uuid} dispatched twice while running"));
+                }
+                self.dispatched.insert(uuid.clone());
+                self.running.push(uuid);
+            }
+            Action::CancelJobs => self.running.clear(),
+            Action::Emit(_) => {}
+            Action::Stop(_) => {
+                self.drop_socket();
+                self.running.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn on_send(&mut self, message: &ClientMessage) -> Result<(), String> {
+        let Socket::Open { authed, sent_anything, closing } = self.socket else {
+            return Err(format!("Send of {} with no open socket", message.message_type()));
+        };
+        if closing {
+            return Err(format!("Send of {} after Close", message.message_type()));
+        }
+        match message {
+            ClientMessage::Auth(_) => {
+                if authed || sent_anything {
+                    return Err("auth request sent twice on one socket".into());
+                }
+                self.socket = Socket::Open { authed, sent_anything: true, closing };
+            }
+            other if !authed => {
+                return Err(format!("{} sent before the auth success Response", other.message_type()));
+            }
+            ClientMessage::StatusUpdate(update) => {
+                let seq = update.metadata.extra.get("seq").and_then(Value::as_u64);
+                self.check_order(update, seq)?;
+                self.server_in_flight.push_back((update.uuid.clone(), update.status, seq));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check_order(&mut self, update: &JobStatusUpdate, seq: Option<u64>) -> Result<(), String> {
+        let uuid = &update.uuid;
+        let Some(seq) = seq else {
+            if update.status == JobStatus::Received {
+                self.received_sent.insert(uuid.clone());
+            }
+            return Ok(());
+        };
+        if self.dispatched.contains(uuid) && !self.received_sent.contains(uuid) {
+            return Err(format!("status seq {seq} of job {uuid} sent before its `received`"));
+        }
+        if let Some(&last) = self.sent_on_socket.get(uuid) {
+            if seq <= last {
+                return Err(format!("job {uuid}: seq {seq} sent after seq {last} on one connection"));
+            }
+        }
+        self.sent_on_socket.insert(uuid.clone(), seq);
+        if self.ever_sent.insert(seq) {
+            if let Some(&last) = self.first_sent.get(uuid) {
+                if seq <= last {
+                    return Err(format!("job {uuid}: seq {seq} first sent after seq {last}"));
+                }
+            }
+            self.first_sent.insert(uuid.clone(), seq);
+        }
+        Ok(())
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
+        let m = &self.machine;
+        let c = m.counters();
+        if c.statuses_accepted != c.statuses_delivered + c.statuses_refused + m.outbox().len() as u64 {
+            return Err(format!(
+                "status accounting broken: accepted {} != delivered {} + refused {} + held {}",
+                c.statuses_accepted,
+                c.statuses_delivered,
+                c.statuses_refused,
+                m.outbox().len()
+            ));
+        }
+        // Every handler status is stored at the facilitator, refused by it, or still held by the machine.
+        let held: HashSet<u64> = m
+            .undelivered()
+            .filter_map(|u| u.metadata.extra.get("seq").and_then(Value::as_u64))
+            .collect();
+        for (seq, (uuid, status)) in self.fed.iter().enumerate() {
+            let seq = seq as u64;
+            if !held.contains(&seq) && !self.refused.contains(&seq) && !self.stored.contains(&(uuid.clone(), *status)) {
+                return Err(format!("status seq {seq} ({uuid}/{status}) lost"));
+            }
+        }
+        if let Some((deadline, why)) = m.poll_timeout() {
+            if deadline < self.now {
+                return Err(format!("next deadline ({why}) is in the past"));
+            }
+        }
+        if let Some(at) = self.shutdown_at {
+            let bound = at + m.config().drain_timeout + m.config().close_timeout;
+            if self.now >= bound && !m.state().is_stopped() {
+                return Err(format!(
+                    "not stopped {:?} after Shutdown (bound: drain + close timeout)",
+                    self.now - at
+                ));
+            }
+        }
+        let socket_in_machine = m.state().has_socket();
+        let socket_in_world = self.socket != Socket::None;
+        if socket_in_machine != socket_in_world {
+            return Err(format!(
+                "machine in {:?} but the world's socket is {:?}",
+                m.state().kind(),
+                self.socket
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs events until the list ends or an invariant breaks (at most `limit` events).
+    pub fn run(&mut self, events: &[SimEvent], limit: usize) -> Result<(), String> {
+        for (i, event) in events.iter().take(limit).enumerate() {
+            self.apply(*event).map_err(|e| format!("after event {i} ({event:?}): {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// After the events: a Shutdown, then only time passing and the facilitator answering. The machine must stop
+    /// within drain timeout + close timeout.
+    pub fn shut_down_and_settle(&mut self) -> Result<(), String> {
+        self.apply(SimEvent::Shutdown)?;
+        for _ in 0..10_000 {
+            if self.machine.state().is_stopped() {
+                return Ok(());
+            }
+            if self.authed() && !self.server_in_flight.is_empty() {
+                self.apply(SimEvent::Ack { not_found: false })?;
+            } else {
+                self.apply(SimEvent::Wait)?;
+            }
+        }
+        Err("did not stop after Shutdown within 10,000 events".into())
+    }
+
+    /// Handler statuses fed so far.
+    pub fn statuses_fed(&self) -> usize {
+        self.fed.len()
+    }
+
+    /// Jobs dispatched so far.
+    pub fn jobs_dispatched(&self) -> usize {
+        self.dispatched.len()
+    }
+
+    /// A shared job request for tests: a valid signed job with this uuid.
+    pub fn valid_job(&self, uuid: &str) -> Arc<crate::protocol::JobRequest> {
+        match decode_server_frame(&self.job_template.replace(TEMPLATE_UUID, uuid), 1 << 20) {
+            Ok(ServerMessage::JobRequest(job)) => job,
+            other => unreachable!("the signed template decodes as a job request: {other:?}"),
+        }
+    }
+}
+
+/// Longest event list one fuzz input may drive.
+pub const FUZZ_MAX_EVENTS: usize = 1_000;
+
+/// The body of the `transitions` fuzz target: a seed and a list of events from the bytes, every invariant checked
+/// after every step, then a shutdown that must settle. `Err` names the broken invariant.
+pub fn fuzz_transitions(data: &[u8]) -> Result<(), String> {
+    let mut input = arbitrary::Unstructured::new(data);
+    let seed: u64 = input.arbitrary().unwrap_or(0);
+    let mut sim = Sim::new(seed);
+    let mut events = Vec::new();
+    while events.len() < FUZZ_MAX_EVENTS && !input.is_empty() {
+        match input.arbitrary::<SimEvent>() {
+            Ok(event) => events.push(event),
+            Err(_) => break,
+        }
+    }
+    sim.run(&events, FUZZ_MAX_EVENTS)?;
+    sim.shut_down_and_settle()
+}

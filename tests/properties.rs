@@ -1,0 +1,151 @@
+//! Property tests of the pure machine over random event sequences on simulated time.
+//!
+//! The simulated world (`src/sim.rs`) turns each event into an input that is legal in the current situation and
+//! checks, after every step: Stopped is absorbing; after Shutdown the machine is Stopped within drain timeout +
+//! close timeout; ForceStop stops in one step; every status accepted is delivered, refused by the facilitator, or
+//! still held (and so reported); per-job order of sends holds across reconnects; nothing but the auth request is
+//! sent before the auth success Response; at most one socket exists; the next deadline is never in the past, and a
+//! Tick at it always does something.
+
+use facilitator_client::sim::{AuthReply, CloseKind, JobKind, NoiseKind, Sim, SimEvent};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+/// Events weighted so that connections mostly succeed and jobs flow, with every fault still frequent.
+fn event() -> impl Strategy<Value = SimEvent> {
+    prop_oneof![
+        12 => Just(SimEvent::Wait),
+        6 => (0u16..5_000).prop_map(SimEvent::Advance),
+        24 => Just(SimEvent::OpenSucceeds),
+        2 => Just(SimEvent::SocketFails),
+        30 => Just(SimEvent::AuthReply(AuthReply::Success)),
+        2 => prop_oneof![
+            Just(AuthReply::SignatureInvalid),
+            Just(AuthReply::ValidatorNotFound),
+            Just(AuthReply::Garbage)
+        ]
+        .prop_map(SimEvent::AuthReply),
+        45 => Just(SimEvent::Ack { not_found: false }),
+        2 => Just(SimEvent::Ack { not_found: true }),
+        18 => Just(SimEvent::PushJob(JobKind::Valid)),
+        3 => prop_oneof![Just(JobKind::Untrusted), Just(JobKind::Invalid), Just(JobKind::Duplicate)]
+            .prop_map(SimEvent::PushJob),
+        3 => prop_oneof![
+            Just(NoiseKind::Garbage),
+            Just(NoiseKind::Binary),
+            Just(NoiseKind::UnexpectedResponse)
+        ]
+        .prop_map(SimEvent::Noise),
+        6 => Just(SimEvent::Pong),
+        3 => prop_oneof![
+            Just(CloseKind::Normal),
+            Just(CloseKind::SignatureInvalid),
+            Just(CloseKind::ValidatorNotFound),
+            Just(CloseKind::Abrupt)
+        ]
+        .prop_map(SimEvent::PeerCloses),
+        36 => (any::<u8>(), any::<u8>()).prop_map(|(job, status)| SimEvent::HandlerStatus { job, status }),
+        10 => any::<u8>().prop_map(|job| SimEvent::HandlerFinishes { job }),
+        1 => Just(SimEvent::Shutdown),
+        2 => any::<u8>().prop_map(SimEvent::Stale),
+    ]
+}
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel("proptest-regressions"))),
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    #[test]
+    fn invariants_hold_for_any_event_sequence_and_shutdown_settles(
+        seed in any::<u64>(),
+        events in proptest::collection::vec(event(), 0..400),
+    ) {
+        let mut sim = Sim::new(seed);
+        sim.run(&events, events.len()).map_err(TestCaseError::fail)?;
+        sim.shut_down_and_settle().map_err(TestCaseError::fail)?;
+        prop_assert!(sim.machine.state().is_stopped());
+    }
+
+    #[test]
+    fn force_stop_stops_in_one_step_from_anywhere(
+        seed in any::<u64>(),
+        events in proptest::collection::vec(event(), 0..200),
+    ) {
+        let mut sim = Sim::new(seed);
+        sim.run(&events, events.len()).map_err(TestCaseError::fail)?;
+        // `apply` fails unless the machine is Stopped right after the one ForceStop step.
+        sim.apply(SimEvent::ForceStop).map_err(TestCaseError::fail)?;
+        let steps = sim.steps;
+        sim.apply(SimEvent::Wait).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(sim.steps, steps, "a stopped machine still asked to be woken");
+    }
+}
+
+#[test]
+fn a_long_busy_run_delivers_every_status() {
+    // Not random: a fixed, fault-free rhythm that must deliver everything it produced.
+    let mut sim = Sim::new(3);
+    let mut events = vec![SimEvent::Wait, SimEvent::OpenSucceeds, SimEvent::AuthReply(AuthReply::Success)];
+    for i in 0..200u8 {
+        events.push(SimEvent::PushJob(JobKind::Valid));
+        events.push(SimEvent::HandlerStatus { job: i, status: 0 });
+        events.push(SimEvent::HandlerStatus { job: i, status: 2 });
+        events.push(SimEvent::HandlerFinishes { job: i });
+        for _ in 0..4 {
+            events.push(SimEvent::Ack { not_found: false });
+        }
+    }
+    sim.run(&events, events.len()).unwrap();
+    sim.shut_down_and_settle().unwrap();
+    let counters = sim.machine.counters().clone();
+    assert_eq!(sim.jobs_dispatched(), 200);
+    assert_eq!(counters.statuses_accepted, 600);
+    assert_eq!(counters.statuses_delivered, 600, "{counters:?}");
+    assert_eq!(sim.machine.state(), &facilitator_client::machine::State::Stopped {
+        reason: facilitator_client::machine::StopReason::Graceful
+    });
+}
+
+#[test]
+fn random_sequences_reach_every_interesting_situation() {
+    // Guards the generator: properties over sequences that never reconnect or drain would prove little.
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (any::<u64>(), proptest::collection::vec(event(), 0..400));
+    let (mut reconnects, mut delivered, mut resent, mut cancelled, mut rejected_busy, mut fatal, mut graceful) =
+        (0, 0, 0, 0, 0, 0, 0);
+    for _ in 0..300 {
+        let (seed, events) = strategy.new_tree(&mut runner).unwrap().current();
+        let mut sim = Sim::new(seed);
+        sim.run(&events, events.len()).unwrap();
+        sim.shut_down_and_settle().unwrap();
+        let c = sim.machine.counters();
+        reconnects += c.reconnects;
+        delivered += c.statuses_delivered;
+        resent += c.statuses_resent;
+        cancelled += c.jobs_cancelled;
+        rejected_busy += c.jobs_rejected_busy;
+        match sim.machine.state() {
+            facilitator_client::machine::State::Stopped { reason } => match reason {
+                facilitator_client::machine::StopReason::AuthRejected => fatal += 1,
+                facilitator_client::machine::StopReason::Graceful => graceful += 1,
+                _ => {}
+            },
+            other => panic!("not stopped: {other:?}"),
+        }
+    }
+    println!(
+        "300 runs: {reconnects} reconnects, {delivered} delivered, {resent} re-sent, {cancelled} jobs cancelled, \
+         {rejected_busy} busy rejections, {fatal} fatal auth rejections, {graceful} graceful stops"
+    );
+    assert!(reconnects > 50 && delivered > 1_000 && resent > 20, "too little traffic");
+    assert!(cancelled > 5 && rejected_busy > 5 && fatal > 5 && graceful > 20, "too few drains or stops");
+}
