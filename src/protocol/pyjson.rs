@@ -213,9 +213,10 @@ mod tests {
             (12.0, "12.0"),
             (0.001, "0.001"),
             (1234.5678, "1234.5678"),
-            // Exact ties between two shortest candidates go to the even digit, as in Python.
-            (1462468587316101.25, "1462468587316101.2"),
-            (12699216772186.3125, "12699216772186.312"),
+            // Exact ties between two shortest candidates go to the even digit, as in Python. (Written as sums:
+            // both values are exact in binary, but clippy reads the long literals as excessive precision.)
+            (1462468587316101.0 + 0.25, "1462468587316101.2"),
+            (12699216772186.0 + 0.3125, "12699216772186.312"),
         ];
         for (x, expected) in cases {
             assert_eq!(float_repr(*x).as_deref(), Some(*expected), "{x:e}");
