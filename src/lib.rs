@@ -1,5 +1,5 @@
 //! facilitator-client: the ComputeHorde validator's client for the facilitator.
 
-pub mod protocol;
 pub mod machine;
+pub mod protocol;
 pub mod sim;

@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::machine::{Action, BackoffConfig, Config, Event, Input, Machine};
 use crate::protocol::keys::Hotkey;
 use crate::protocol::{
-    ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage, TrustedSigners,
-    decode_server_frame, error_type, testing::signed_job_text,
+    ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage,
+    TrustedSigners, decode_server_frame, error_type, testing::signed_job_text,
 };
 
 /// One thing that happens in the simulated world.
@@ -121,7 +121,11 @@ pub enum CloseKind {
 enum Socket {
     None,
     Opening,
-    Open { authed: bool, sent_anything: bool, closing: bool },
+    Open {
+        authed: bool,
+        sent_anything: bool,
+        closing: bool,
+    },
 }
 
 const TEMPLATE_UUID: &str = "00000000-0000-4000-8000-000000000000";
@@ -241,7 +245,9 @@ impl Sim {
     pub fn apply(&mut self, event: SimEvent) -> Result<(), String> {
         match event {
             SimEvent::Wait => {
-                let Some((deadline, why)) = self.machine.poll_timeout() else { return Ok(()) };
+                let Some((deadline, why)) = self.machine.poll_timeout() else {
+                    return Ok(());
+                };
                 self.now = self.now.max(deadline);
                 let before = self.machine.state().clone();
                 let actions = self.step(Input::Tick)?;
@@ -255,7 +261,11 @@ impl Sim {
             }
             SimEvent::OpenSucceeds => {
                 if self.socket == Socket::Opening {
-                    self.socket = Socket::Open { authed: false, sent_anything: false, closing: false };
+                    self.socket = Socket::Open {
+                        authed: false,
+                        sent_anything: false,
+                        closing: false,
+                    };
                     self.step(Input::SocketOpened)?;
                 }
             }
@@ -266,18 +276,35 @@ impl Sim {
                 }
             }
             SimEvent::AuthReply(reply) => {
-                if let Socket::Open { authed: false, sent_anything: true, .. } = self.socket {
+                if let Socket::Open {
+                    authed: false,
+                    sent_anything: true,
+                    ..
+                } = self.socket
+                {
                     match reply {
                         AuthReply::Success => {
-                            self.socket = Socket::Open { authed: true, sent_anything: true, closing: false };
+                            self.socket = Socket::Open {
+                                authed: true,
+                                sent_anything: true,
+                                closing: false,
+                            };
                             self.step(Input::Frame(ServerMessage::Response(Response::success())))?;
                         }
                         AuthReply::SignatureInvalid => {
-                            let r = Response::error(error_type::SIGNATURE_INVALID, "Invalid signature", "");
+                            let r = Response::error(
+                                error_type::SIGNATURE_INVALID,
+                                "Invalid signature",
+                                "",
+                            );
                             self.step(Input::Frame(ServerMessage::Response(r)))?;
                         }
                         AuthReply::ValidatorNotFound => {
-                            let r = Response::error(error_type::VALIDATOR_NOT_FOUND, "Validator not found", "");
+                            let r = Response::error(
+                                error_type::VALIDATOR_NOT_FOUND,
+                                "Validator not found",
+                                "",
+                            );
                             self.step(Input::Frame(ServerMessage::Response(r)))?;
                         }
                         AuthReply::Garbage => {
@@ -303,7 +330,9 @@ impl Sim {
                         let actions = self.step(Input::Frame(ServerMessage::Response(response)))?;
                         let answered = actions.iter().find_map(|a| match a {
                             Action::Emit(Event::StatusDelivered { uuid, status, .. })
-                            | Action::Emit(Event::StatusRefused { uuid, status, .. }) => Some((uuid, *status)),
+                            | Action::Emit(Event::StatusRefused { uuid, status, .. }) => {
+                                Some((uuid, *status))
+                            }
                             _ => None,
                         });
                         if answered != Some((&uuid, status)) {
@@ -318,9 +347,13 @@ impl Sim {
                 if self.authed() {
                     let frame = match kind {
                         JobKind::Valid => self.job_frame(&self.job_template.clone(), None),
-                        JobKind::Untrusted => self.job_frame(&self.untrusted_template.clone(), None),
+                        JobKind::Untrusted => {
+                            self.job_frame(&self.untrusted_template.clone(), None)
+                        }
                         JobKind::Invalid => {
-                            let text = self.job_template.replace("always_on.gpu-24gb", "no_such.class");
+                            let text = self
+                                .job_template
+                                .replace("always_on.gpu-24gb", "no_such.class");
                             self.job_frame(&text, None)
                         }
                         JobKind::Duplicate => match self.running.first().cloned() {
@@ -367,7 +400,12 @@ impl Sim {
             SimEvent::HandlerStatus { job, status } => {
                 if !self.running.is_empty() && self.machine.accepts_statuses() {
                     let uuid = self.running[usize::from(job) % self.running.len()].clone();
-                    let choices = [JobStatus::Accepted, JobStatus::ExecutorReady, JobStatus::Completed, JobStatus::Failed];
+                    let choices = [
+                        JobStatus::Accepted,
+                        JobStatus::ExecutorReady,
+                        JobStatus::Completed,
+                        JobStatus::Failed,
+                    ];
                     let status = choices[usize::from(status) % choices.len()];
                     let seq = self.next_seq;
                     self.next_seq += 1;
@@ -440,7 +478,9 @@ impl Sim {
         let kind = input.kind();
         let actions = self.machine.step(input, self.now);
         if was_stopped && (!actions.is_empty() || !self.machine.state().is_stopped()) {
-            return Err(format!("Stopped is not absorbing: {kind:?} gave {actions:?}"));
+            return Err(format!(
+                "Stopped is not absorbing: {kind:?} gave {actions:?}"
+            ));
         }
         for action in &actions {
             self.carry_out(action)?;
@@ -487,8 +527,16 @@ impl Sim {
     }
 
     fn on_send(&mut self, message: &ClientMessage) -> Result<(), String> {
-        let Socket::Open { authed, sent_anything, closing } = self.socket else {
-            return Err(format!("Send of {} with no open socket", message.message_type()));
+        let Socket::Open {
+            authed,
+            sent_anything,
+            closing,
+        } = self.socket
+        else {
+            return Err(format!(
+                "Send of {} with no open socket",
+                message.message_type()
+            ));
         };
         if closing {
             return Err(format!("Send of {} after Close", message.message_type()));
@@ -498,15 +546,23 @@ impl Sim {
                 if authed || sent_anything {
                     return Err("auth request sent twice on one socket".into());
                 }
-                self.socket = Socket::Open { authed, sent_anything: true, closing };
+                self.socket = Socket::Open {
+                    authed,
+                    sent_anything: true,
+                    closing,
+                };
             }
             other if !authed => {
-                return Err(format!("{} sent before the auth success Response", other.message_type()));
+                return Err(format!(
+                    "{} sent before the auth success Response",
+                    other.message_type()
+                ));
             }
             ClientMessage::StatusUpdate(update) => {
                 let seq = update.metadata.extra.get("seq").and_then(Value::as_u64);
                 self.check_order(update, seq)?;
-                self.server_in_flight.push_back((update.uuid.clone(), update.status, seq));
+                self.server_in_flight
+                    .push_back((update.uuid.clone(), update.status, seq));
             }
             _ => {}
         }
@@ -522,11 +578,15 @@ impl Sim {
             return Ok(());
         };
         if self.dispatched.contains(uuid) && !self.received_sent.contains(uuid) {
-            return Err(format!("status seq {seq} of job {uuid} sent before its `received`"));
+            return Err(format!(
+                "status seq {seq} of job {uuid} sent before its `received`"
+            ));
         }
         if let Some(&last) = self.sent_on_socket.get(uuid) {
             if seq <= last {
-                return Err(format!("job {uuid}: seq {seq} sent after seq {last} on one connection"));
+                return Err(format!(
+                    "job {uuid}: seq {seq} sent after seq {last} on one connection"
+                ));
             }
         }
         self.sent_on_socket.insert(uuid.clone(), seq);
@@ -544,7 +604,9 @@ impl Sim {
     fn check_invariants(&self) -> Result<(), String> {
         let m = &self.machine;
         let c = m.counters();
-        if c.statuses_accepted != c.statuses_delivered + c.statuses_refused + m.outbox().len() as u64 {
+        if c.statuses_accepted
+            != c.statuses_delivered + c.statuses_refused + m.outbox().len() as u64
+        {
             return Err(format!(
                 "status accounting broken: accepted {} != delivered {} + refused {} + held {}",
                 c.statuses_accepted,
@@ -560,7 +622,10 @@ impl Sim {
             .collect();
         for (seq, (uuid, status)) in self.fed.iter().enumerate() {
             let seq = seq as u64;
-            if !held.contains(&seq) && !self.refused.contains(&seq) && !self.stored.contains(&(uuid.clone(), *status)) {
+            if !held.contains(&seq)
+                && !self.refused.contains(&seq)
+                && !self.stored.contains(&(uuid.clone(), *status))
+            {
                 return Err(format!("status seq {seq} ({uuid}/{status}) lost"));
             }
         }
@@ -593,7 +658,8 @@ impl Sim {
     /// Runs events until the list ends or an invariant breaks (at most `limit` events).
     pub fn run(&mut self, events: &[SimEvent], limit: usize) -> Result<(), String> {
         for (i, event) in events.iter().take(limit).enumerate() {
-            self.apply(*event).map_err(|e| format!("after event {i} ({event:?}): {e}"))?;
+            self.apply(*event)
+                .map_err(|e| format!("after event {i} ({event:?}): {e}"))?;
         }
         Ok(())
     }

@@ -54,7 +54,9 @@ fn event() -> impl Strategy<Value = SimEvent> {
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel("proptest-regressions"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
         ..ProptestConfig::default()
     }
 }
@@ -92,7 +94,11 @@ proptest! {
 fn a_long_busy_run_delivers_every_status() {
     // Not random: a fixed, fault-free rhythm that must deliver everything it produced.
     let mut sim = Sim::new(3);
-    let mut events = vec![SimEvent::Wait, SimEvent::OpenSucceeds, SimEvent::AuthReply(AuthReply::Success)];
+    let mut events = vec![
+        SimEvent::Wait,
+        SimEvent::OpenSucceeds,
+        SimEvent::AuthReply(AuthReply::Success),
+    ];
     for i in 0..200u8 {
         events.push(SimEvent::PushJob(JobKind::Valid));
         events.push(SimEvent::HandlerStatus { job: i, status: 0 });
@@ -108,9 +114,12 @@ fn a_long_busy_run_delivers_every_status() {
     assert_eq!(sim.jobs_dispatched(), 200);
     assert_eq!(counters.statuses_accepted, 600);
     assert_eq!(counters.statuses_delivered, 600, "{counters:?}");
-    assert_eq!(sim.machine.state(), &facilitator_client::machine::State::Stopped {
-        reason: facilitator_client::machine::StopReason::Graceful
-    });
+    assert_eq!(
+        sim.machine.state(),
+        &facilitator_client::machine::State::Stopped {
+            reason: facilitator_client::machine::StopReason::Graceful
+        }
+    );
 }
 
 #[test]
@@ -120,8 +129,15 @@ fn random_sequences_reach_every_interesting_situation() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let strategy = (any::<u64>(), proptest::collection::vec(event(), 0..400));
-    let (mut reconnects, mut delivered, mut resent, mut cancelled, mut rejected_busy, mut fatal, mut graceful) =
-        (0, 0, 0, 0, 0, 0, 0);
+    let (
+        mut reconnects,
+        mut delivered,
+        mut resent,
+        mut cancelled,
+        mut rejected_busy,
+        mut fatal,
+        mut graceful,
+    ) = (0, 0, 0, 0, 0, 0, 0);
     for _ in 0..300 {
         let (seed, events) = strategy.new_tree(&mut runner).unwrap().current();
         let mut sim = Sim::new(seed);
@@ -146,6 +162,12 @@ fn random_sequences_reach_every_interesting_situation() {
         "300 runs: {reconnects} reconnects, {delivered} delivered, {resent} re-sent, {cancelled} jobs cancelled, \
          {rejected_busy} busy rejections, {fatal} fatal auth rejections, {graceful} graceful stops"
     );
-    assert!(reconnects > 50 && delivered > 1_000 && resent > 20, "too little traffic");
-    assert!(cancelled > 5 && rejected_busy > 5 && fatal > 5 && graceful > 20, "too few drains or stops");
+    assert!(
+        reconnects > 50 && delivered > 1_000 && resent > 20,
+        "too little traffic"
+    );
+    assert!(
+        cancelled > 5 && rejected_busy > 5 && fatal > 5 && graceful > 20,
+        "too few drains or stops"
+    );
 }

@@ -12,18 +12,24 @@ use facilitator_client::machine::{Action, BackoffConfig, Config, Event, Input, M
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::testing::signed_job_text;
 use facilitator_client::protocol::{
-    ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage, TrustedSigners,
-    decode_server_frame,
+    ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage,
+    TrustedSigners, decode_server_frame,
 };
 use serde_json::{Map, Value, json};
 
 fn uuid_of(name: &str) -> String {
-    let n: u64 = name.trim_start_matches("job-").parse().unwrap_or_else(|_| panic!("job names are job-N: {name}"));
+    let n: u64 = name
+        .trim_start_matches("job-")
+        .parse()
+        .unwrap_or_else(|_| panic!("job names are job-N: {name}"));
     format!("00000000-0000-4000-8000-{n:012x}")
 }
 
 fn name_of(uuid: &str) -> String {
-    match uuid.strip_prefix("00000000-0000-4000-8000-").and_then(|h| u64::from_str_radix(h, 16).ok()) {
+    match uuid
+        .strip_prefix("00000000-0000-4000-8000-")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+    {
         Some(n) => format!("job-{n}"),
         None => uuid.to_owned(),
     }
@@ -48,8 +54,14 @@ fn config(overrides: &Value) -> Config {
             stable_after: ms(overrides, "stable_after_ms", 10_000),
         },
         jitter_seed: 1,
-        outbox_capacity: overrides.get("outbox_capacity").and_then(Value::as_u64).unwrap_or(1024) as usize,
-        max_in_flight: overrides.get("max_in_flight").and_then(Value::as_u64).unwrap_or(256) as usize,
+        outbox_capacity: overrides
+            .get("outbox_capacity")
+            .and_then(Value::as_u64)
+            .unwrap_or(1024) as usize,
+        max_in_flight: overrides
+            .get("max_in_flight")
+            .and_then(Value::as_u64)
+            .unwrap_or(256) as usize,
     }
 }
 
@@ -71,8 +83,15 @@ impl World {
                 other => panic!("unknown input {other}"),
             };
         }
-        let (key, arg) = spec.as_object().and_then(|o| o.iter().next()).expect("an input is a string or {kind: arg}");
-        let text = |v: &Value| v.as_str().unwrap_or_else(|| panic!("{key} takes a string")).to_owned();
+        let (key, arg) = spec
+            .as_object()
+            .and_then(|o| o.iter().next())
+            .expect("an input is a string or {kind: arg}");
+        let text = |v: &Value| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("{key} takes a string"))
+                .to_owned()
+        };
         let decode = |frame: &str| match decode_server_frame(frame, 1 << 20) {
             Ok(message) => Input::Frame(message),
             Err(error) => Input::Undecodable(error),
@@ -88,13 +107,18 @@ impl World {
             "Job" => decode(&signed_job_text(&self.signer, &uuid_of(&text(arg)))),
             "UntrustedJob" => decode(&signed_job_text(&self.stranger, &uuid_of(&text(arg)))),
             "InvalidJob" => decode(
-                &signed_job_text(&self.signer, &uuid_of(&text(arg))).replace("always_on.gpu-24gb", "no_such.class"),
+                &signed_job_text(&self.signer, &uuid_of(&text(arg)))
+                    .replace("always_on.gpu-24gb", "no_such.class"),
             ),
             "Garbage" => decode(&text(arg)),
             "Status" => {
                 let parts = arg.as_array().expect("Status takes [job, status]");
-                let status = JobStatus::from_wire(parts[1].as_str().unwrap()).expect("a known status");
-                Input::Status(JobStatusUpdate::new(uuid_of(parts[0].as_str().unwrap()), status))
+                let status =
+                    JobStatus::from_wire(parts[1].as_str().unwrap()).expect("a known status");
+                Input::Status(JobStatusUpdate::new(
+                    uuid_of(parts[0].as_str().unwrap()),
+                    status,
+                ))
             }
             "JobFinished" => Input::JobFinished(uuid_of(&text(arg))),
             other => panic!("unknown input {other}"),
@@ -111,7 +135,13 @@ fn render(action: &Action) -> String {
                 .job_rejection_details
                 .as_ref()
                 .map(|d| format!(",{}", d.reason))
-                .or_else(|| update.metadata.horde_failure_details.as_ref().map(|d| format!(",{}", d.reason)))
+                .or_else(|| {
+                    update
+                        .metadata
+                        .horde_failure_details
+                        .as_ref()
+                        .map(|d| format!(",{}", d.reason))
+                })
                 .unwrap_or_default();
             format!("Send:{}({}{detail})", update.status, name_of(&update.uuid))
         }
@@ -126,10 +156,18 @@ fn render(action: &Action) -> String {
         Action::Emit(Event::JobRejected { uuid, reason, .. }) => {
             format!("Emit:JobRejected({},{reason})", name_of(uuid))
         }
-        Action::Emit(Event::StatusDelivered { uuid, status, sends }) => {
+        Action::Emit(Event::StatusDelivered {
+            uuid,
+            status,
+            sends,
+        }) => {
             format!("Emit:Delivered({},{status},sends={sends})", name_of(uuid))
         }
-        Action::Emit(Event::StatusRefused { uuid, status, error }) => {
+        Action::Emit(Event::StatusRefused {
+            uuid,
+            status,
+            error,
+        }) => {
             format!("Emit:Refused({},{status},{error})", name_of(uuid))
         }
         Action::Emit(Event::CheatReport { .. }) => "Emit:CheatReport".into(),
@@ -156,19 +194,26 @@ fn run_scenario(path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let mut doc: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
     let own = Hotkey::from_seed(&[7u8; 32]);
-    let world = World { signer: Hotkey::from_seed(&[0x11u8; 32]), stranger: Hotkey::from_seed(&[0x22u8; 32]) };
-    let signers = TrustedSigners::new(own.public_key(), &[world.signer.ss58()]).map_err(|e| e.to_string())?;
+    let world = World {
+        signer: Hotkey::from_seed(&[0x11u8; 32]),
+        stranger: Hotkey::from_seed(&[0x22u8; 32]),
+    };
+    let signers =
+        TrustedSigners::new(own.public_key(), &[world.signer.ss58()]).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut machine = Machine::new(config(&doc["config"]), own.auth_request(), signers, start);
     let bless = std::env::var_os("UPDATE_SCENARIOS").is_some();
     let mut blessed = false;
     let steps = doc["steps"].as_array_mut().ok_or("no steps")?;
     for (i, step) in steps.iter_mut().enumerate() {
-        let at = start + Duration::from_millis(step["at"].as_u64().ok_or(format!("step {i}: no 'at'"))?);
+        let at =
+            start + Duration::from_millis(step["at"].as_u64().ok_or(format!("step {i}: no 'at'"))?);
         let input = world.input(&step["input"]);
         let actions: Vec<String> = machine.step(input, at).iter().map(render).collect();
         let state = machine.state().kind().as_str();
-        let deadline = machine.poll_timeout().map(|(d, why)| json!([(d - start).as_millis() as u64, why]));
+        let deadline = machine
+            .poll_timeout()
+            .map(|(d, why)| json!([(d - start).as_millis() as u64, why]));
         if step["state"].is_null() && bless {
             let obj = step.as_object_mut().ok_or("a step is an object")?;
             obj.insert("state".into(), json!(state));
@@ -187,32 +232,50 @@ fn run_scenario(path: &Path) -> Result<(), String> {
         }
         if let Some(expected) = step.get("accepts_statuses").and_then(Value::as_bool) {
             if machine.accepts_statuses() != expected {
-                return Err(format!("step {i}: accepts_statuses is {}, expected {expected}", !expected));
+                return Err(format!(
+                    "step {i}: accepts_statuses is {}, expected {expected}",
+                    !expected
+                ));
             }
         }
-        if step.get("next_deadline").is_some() && step["next_deadline"] != deadline.clone().unwrap_or(Value::Null) {
-            return Err(format!("step {i}: next deadline {:?}, expected {}", deadline, step["next_deadline"]));
+        if step.get("next_deadline").is_some()
+            && step["next_deadline"] != deadline.clone().unwrap_or(Value::Null)
+        {
+            return Err(format!(
+                "step {i}: next deadline {:?}, expected {}",
+                deadline, step["next_deadline"]
+            ));
         }
     }
     if let Some(expected) = doc.get("final_counters").and_then(Value::as_object) {
         let counters = format!("{:?}", machine.counters());
         for (name, value) in expected {
             let needle = format!("{name}: {value}");
-            if !counters.contains(&format!("{needle},")) && !counters.contains(&format!("{needle} }}")) {
+            if !counters.contains(&format!("{needle},"))
+                && !counters.contains(&format!("{needle} }}"))
+            {
                 return Err(format!("final counter {name} is not {value}: {counters}"));
             }
         }
     }
-    let undelivered: Vec<Value> =
-        machine.undelivered().map(|u| json!(format!("{}({})", u.status, name_of(&u.uuid)))).collect();
+    let undelivered: Vec<Value> = machine
+        .undelivered()
+        .map(|u| json!(format!("{}({})", u.status, name_of(&u.uuid))))
+        .collect();
     if doc.get("final_undelivered").is_some() && doc["final_undelivered"] != json!(undelivered) {
-        return Err(format!("undelivered at the end: {undelivered:?}, expected {}", doc["final_undelivered"]));
+        return Err(format!(
+            "undelivered at the end: {undelivered:?}, expected {}",
+            doc["final_undelivered"]
+        ));
     }
     if blessed {
         let obj: &mut Map<String, Value> = doc.as_object_mut().ok_or("a scenario is an object")?;
         obj.insert("final_undelivered".into(), json!(undelivered));
-        std::fs::write(path, serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n")
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n",
+        )
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -220,10 +283,18 @@ fn run_scenario(path: &Path) -> Result<(), String> {
 #[test]
 fn golden_scenarios_replay_exactly() {
     let files = scenario_files();
-    assert!(files.len() >= 12, "expected at least 12 scenarios, found {}", files.len());
+    assert!(
+        files.len() >= 12,
+        "expected at least 12 scenarios, found {}",
+        files.len()
+    );
     let failures: Vec<String> = files
         .iter()
-        .filter_map(|f| run_scenario(f).err().map(|e| format!("{}: {e}", f.display())))
+        .filter_map(|f| {
+            run_scenario(f)
+                .err()
+                .map(|e| format!("{}: {e}", f.display()))
+        })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

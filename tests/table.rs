@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use facilitator_client::machine::{ActionKind, Input, InputKind, Machine, StateKind};
-use facilitator_client::protocol::{DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage, error_type};
+use facilitator_client::protocol::{
+    DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage, error_type,
+};
 use facilitator_client::sim::{AuthReply, JobKind, Sim, SimEvent};
 use serde_json::Value;
 
@@ -25,12 +27,29 @@ fn load_table() -> (Value, BTreeMap<(String, String), Row>) {
     let doc: Value = serde_json::from_str(&text).expect("states/transitions.json is JSON");
     let mut rows = BTreeMap::new();
     for row in doc["rows"].as_array().expect("rows is an array") {
-        let key = (row["state"].as_str().unwrap().to_owned(), row["input"].as_str().unwrap().to_owned());
+        let key = (
+            row["state"].as_str().unwrap().to_owned(),
+            row["input"].as_str().unwrap().to_owned(),
+        );
         let set = |k: &str| -> BTreeSet<String> {
-            row[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+            row[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
         };
-        assert!(row["note"].as_str().is_some_and(|n| !n.is_empty()), "row {key:?} has no note");
-        let previous = rows.insert(key.clone(), Row { targets: set("targets"), actions: set("actions") });
+        assert!(
+            row["note"].as_str().is_some_and(|n| !n.is_empty()),
+            "row {key:?} has no note"
+        );
+        let previous = rows.insert(
+            key.clone(),
+            Row {
+                targets: set("targets"),
+                actions: set("actions"),
+            },
+        );
         assert!(previous.is_none(), "row {key:?} is listed twice");
     }
     (doc, rows)
@@ -52,23 +71,56 @@ const ALL_ACTIONS: [ActionKind; 9] = [
 fn table_lists_every_state_and_input_pair_exactly_once() {
     let (doc, rows) = load_table();
     let names = |k: &str| -> Vec<String> {
-        doc[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+        doc[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
     };
-    let states: Vec<String> = StateKind::ALL.iter().map(|s| s.as_str().to_owned()).collect();
-    let inputs: Vec<String> = InputKind::ALL.iter().map(|i| i.as_str().to_owned()).collect();
+    let states: Vec<String> = StateKind::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    let inputs: Vec<String> = InputKind::ALL
+        .iter()
+        .map(|i| i.as_str().to_owned())
+        .collect();
     let actions: Vec<String> = ALL_ACTIONS.iter().map(|a| a.as_str().to_owned()).collect();
-    assert_eq!(names("states"), states, "the table's states are the machine's");
-    assert_eq!(names("inputs"), inputs, "the table's inputs are the machine's");
-    assert_eq!(names("actions"), actions, "the table's actions are the machine's");
+    assert_eq!(
+        names("states"),
+        states,
+        "the table's states are the machine's"
+    );
+    assert_eq!(
+        names("inputs"),
+        inputs,
+        "the table's inputs are the machine's"
+    );
+    assert_eq!(
+        names("actions"),
+        actions,
+        "the table's actions are the machine's"
+    );
     for state in &states {
         for input in &inputs {
             let row = rows.get(&(state.clone(), input.clone()));
             let row = row.unwrap_or_else(|| panic!("no row for ({state}, {input})"));
-            assert!(row.targets.iter().all(|t| states.contains(t)), "({state}, {input}): unknown target");
-            assert!(row.actions.iter().all(|a| actions.contains(a)), "({state}, {input}): unknown action");
+            assert!(
+                row.targets.iter().all(|t| states.contains(t)),
+                "({state}, {input}): unknown target"
+            );
+            assert!(
+                row.actions.iter().all(|a| actions.contains(a)),
+                "({state}, {input}): unknown action"
+            );
         }
     }
-    assert_eq!(rows.len(), states.len() * inputs.len(), "rows for unknown states or inputs");
+    assert_eq!(
+        rows.len(),
+        states.len() * inputs.len(),
+        "rows for unknown states or inputs"
+    );
 }
 
 /// Situations the machine can be in, each reached through the simulated world.
@@ -76,11 +128,17 @@ fn fixtures() -> Vec<(&'static str, Sim)> {
     use SimEvent::*;
     let connect = [Wait, OpenSucceeds];
     let authed = [Wait, OpenSucceeds, AuthReply(self::AuthReply::Success)];
-    let with_job = [Wait, OpenSucceeds, AuthReply(self::AuthReply::Success), PushJob(JobKind::Valid)];
+    let with_job = [
+        Wait,
+        OpenSucceeds,
+        AuthReply(self::AuthReply::Success),
+        PushJob(JobKind::Valid),
+    ];
     let build = |name: &'static str, parts: &[&[SimEvent]]| {
         let mut sim = Sim::new(1);
         for event in parts.iter().flat_map(|p| p.iter()) {
-            sim.apply(*event).unwrap_or_else(|e| panic!("fixture {name}: {e}"));
+            sim.apply(*event)
+                .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
         }
         (name, sim)
     };
@@ -89,34 +147,71 @@ fn fixtures() -> Vec<(&'static str, Sim)> {
         build("disconnected, job running", &[&with_job, &[SocketFails]]),
         build("connecting, opening", &[&[Wait]]),
         build("connecting, authenticating", &[&connect]),
-        build("connecting, authenticating, job running", &[&with_job, &[SocketFails, Wait, OpenSucceeds]]),
+        build(
+            "connecting, authenticating, job running",
+            &[&with_job, &[SocketFails, Wait, OpenSucceeds]],
+        ),
         build("running, idle", &[&authed]),
         build("running, heartbeat sent", &[&authed, &[Wait]]),
         build("running, job running", &[&with_job]),
         build("draining, job running", &[&with_job, &[Shutdown]]),
         build("draining, heartbeat sent", &[&with_job, &[Shutdown, Wait]]),
-        build("draining, at the drain deadline", &[&with_job, &[Shutdown, Wait, Pong, Wait, Pong]]),
-        build("draining, cancelling", &[&with_job, &[Shutdown, Wait, Pong, Wait, Pong, Wait]]),
+        build(
+            "draining, at the drain deadline",
+            &[&with_job, &[Shutdown, Wait, Pong, Wait, Pong]],
+        ),
+        build(
+            "draining, cancelling",
+            &[&with_job, &[Shutdown, Wait, Pong, Wait, Pong, Wait]],
+        ),
         build("draining, closing", &[&authed, &[Shutdown]]),
-        build("draining, only the job left", &[&with_job, &[Ack { not_found: false }, Shutdown]]),
-        build("draining, only a status left", &[&with_job, &[HandlerFinishes { job: 0 }, Shutdown]]),
+        build(
+            "draining, only the job left",
+            &[&with_job, &[Ack { not_found: false }, Shutdown]],
+        ),
+        build(
+            "draining, only a status left",
+            &[&with_job, &[HandlerFinishes { job: 0 }, Shutdown]],
+        ),
         build("stopped", &[&authed, &[ForceStop]]),
     ]
 }
 
 fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
-    let job_uuid = sim.running_jobs().first().cloned().unwrap_or_else(|| "00000000-0000-4000-8000-00000000abcd".into());
+    let job_uuid = sim
+        .running_jobs()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "00000000-0000-4000-8000-00000000abcd".into());
     match kind {
         InputKind::Tick => vec![Input::Tick],
         InputKind::SocketOpened => vec![Input::SocketOpened],
         InputKind::SocketFailed => vec![Input::SocketFailed("connection reset".into())],
         InputKind::Frame => vec![
             Input::Frame(ServerMessage::Response(Response::success())),
-            Input::Frame(ServerMessage::Response(Response::error(error_type::SIGNATURE_INVALID, "Invalid signature", ""))),
-            Input::Frame(ServerMessage::Response(Response::error(error_type::VALIDATOR_NOT_FOUND, "Validator not found", ""))),
-            Input::Frame(ServerMessage::Response(Response::error(error_type::JOB_NOT_FOUND, "Job not found", ""))),
-            Input::Frame(ServerMessage::Response(Response::error(error_type::INTEGRITY_ERROR, "Integrity error", ""))),
-            Input::Frame(ServerMessage::JobRequest(sim.valid_job("00000000-0000-4000-8000-0000000fffff"))),
+            Input::Frame(ServerMessage::Response(Response::error(
+                error_type::SIGNATURE_INVALID,
+                "Invalid signature",
+                "",
+            ))),
+            Input::Frame(ServerMessage::Response(Response::error(
+                error_type::VALIDATOR_NOT_FOUND,
+                "Validator not found",
+                "",
+            ))),
+            Input::Frame(ServerMessage::Response(Response::error(
+                error_type::JOB_NOT_FOUND,
+                "Job not found",
+                "",
+            ))),
+            Input::Frame(ServerMessage::Response(Response::error(
+                error_type::INTEGRITY_ERROR,
+                "Integrity error",
+                "",
+            ))),
+            Input::Frame(ServerMessage::JobRequest(
+                sim.valid_job("00000000-0000-4000-8000-0000000fffff"),
+            )),
             Input::Frame(ServerMessage::JobRequest(sim.valid_job(&job_uuid))),
         ],
         InputKind::Undecodable => vec![
@@ -133,7 +228,10 @@ fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
             Input::SocketClosed(Some(3001)),
             Input::SocketClosed(None),
         ],
-        InputKind::Status => vec![Input::Status(JobStatusUpdate::new(job_uuid, JobStatus::Accepted))],
+        InputKind::Status => vec![Input::Status(JobStatusUpdate::new(
+            job_uuid,
+            JobStatus::Accepted,
+        ))],
         InputKind::JobFinished => vec![Input::JobFinished(job_uuid)],
         InputKind::Shutdown => vec![Input::Shutdown],
         InputKind::ForceStop => vec![Input::ForceStop],
@@ -143,7 +241,8 @@ fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
 #[test]
 fn machine_does_what_the_table_says_and_the_table_says_only_what_the_machine_does() {
     let (_, rows) = load_table();
-    let mut observed: BTreeMap<(String, String), (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    let mut observed: BTreeMap<(String, String), (BTreeSet<String>, BTreeSet<String>)> =
+        BTreeMap::new();
     for (name, sim) in fixtures() {
         let from = sim.machine.state().kind();
         for kind in InputKind::ALL {
@@ -160,7 +259,10 @@ fn machine_does_what_the_table_says_and_the_table_says_only_what_the_machine_doe
                 let shown = format!("{input:?}");
                 let actions = machine.step(input, at);
                 let to = machine.state().kind().as_str().to_owned();
-                let kinds: BTreeSet<String> = actions.iter().map(|a| a.kind().as_str().to_owned()).collect();
+                let kinds: BTreeSet<String> = actions
+                    .iter()
+                    .map(|a| a.kind().as_str().to_owned())
+                    .collect();
                 let key = (from.as_str().to_owned(), kind.as_str().to_owned());
                 let row = &rows[&key];
                 assert!(
@@ -200,20 +302,33 @@ fn machine_does_what_the_table_says_and_the_table_says_only_what_the_machine_doe
 fn mermaid() -> String {
     let (doc, _) = load_table();
     let mut edges: BTreeMap<(usize, usize), Vec<String>> = BTreeMap::new();
-    let states: Vec<&str> = doc["states"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let states: Vec<&str> = doc["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
     let index = |s: &str| states.iter().position(|x| *x == s).unwrap();
     for row in doc["rows"].as_array().unwrap() {
         let from = row["state"].as_str().unwrap();
         for to in row["targets"].as_array().unwrap() {
             let to = to.as_str().unwrap();
             if to != from {
-                edges.entry((index(from), index(to))).or_default().push(row["input"].as_str().unwrap().to_owned());
+                edges
+                    .entry((index(from), index(to)))
+                    .or_default()
+                    .push(row["input"].as_str().unwrap().to_owned());
             }
         }
     }
     let mut out = String::from("```mermaid\nstateDiagram-v2\n    [*] --> Disconnected\n");
     for ((from, to), inputs) in edges {
-        out.push_str(&format!("    {} --> {} : {}\n", states[from], states[to], inputs.join(", ")));
+        out.push_str(&format!(
+            "    {} --> {} : {}\n",
+            states[from],
+            states[to],
+            inputs.join(", ")
+        ));
     }
     out.push_str("    Stopped --> [*]\n```\n");
     out
@@ -222,9 +337,18 @@ fn mermaid() -> String {
 fn check_diagram_in(file: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let (begin, end) = ("<!-- state-diagram:begin (generated from states/transitions.json by tests/table.rs) -->\n", "<!-- state-diagram:end -->");
-    let start = text.find(begin).unwrap_or_else(|| panic!("{file} has no state-diagram markers")) + begin.len();
-    let stop = text[start..].find(end).unwrap_or_else(|| panic!("{file} has no end marker")) + start;
+    let (begin, end) = (
+        "<!-- state-diagram:begin (generated from states/transitions.json by tests/table.rs) -->\n",
+        "<!-- state-diagram:end -->",
+    );
+    let start = text
+        .find(begin)
+        .unwrap_or_else(|| panic!("{file} has no state-diagram markers"))
+        + begin.len();
+    let stop = text[start..]
+        .find(end)
+        .unwrap_or_else(|| panic!("{file} has no end marker"))
+        + start;
     let generated = mermaid();
     if text[start..stop] != generated {
         if std::env::var_os("UPDATE_STATE_DIAGRAM").is_some() {

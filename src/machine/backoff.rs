@@ -44,7 +44,11 @@ impl Backoff {
     /// A fresh backoff; `seed` drives the jitter.
     pub fn new(config: BackoffConfig, seed: u64) -> Self {
         // xorshift must not start at zero.
-        Backoff { config, failures: 0, rng: seed | 1 }
+        Backoff {
+            config,
+            failures: 0,
+            rng: seed | 1,
+        }
     }
 
     /// Failed attempts since the last reset.
@@ -59,7 +63,11 @@ impl Backoff {
 
     /// The delay before the next attempt after a failure; counts the failure.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.config.factor.max(1.0).powi(self.failures.min(64) as i32);
+        let exp = self
+            .config
+            .factor
+            .max(1.0)
+            .powi(self.failures.min(64) as i32);
         let nominal = self.config.base.as_secs_f64() * exp;
         let capped = nominal.min(self.config.cap.as_secs_f64());
         self.failures = self.failures.saturating_add(1);
@@ -95,7 +103,10 @@ mod tests {
     use super::*;
 
     fn no_jitter() -> BackoffConfig {
-        BackoffConfig { jitter: 0.0, ..BackoffConfig::default() }
+        BackoffConfig {
+            jitter: 0.0,
+            ..BackoffConfig::default()
+        }
     }
 
     #[test]
@@ -116,14 +127,20 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_its_band_and_depends_on_the_seed() {
-        let config = BackoffConfig { jitter: 0.5, ..BackoffConfig::default() };
+        let config = BackoffConfig {
+            jitter: 0.5,
+            ..BackoffConfig::default()
+        };
         let mut a = Backoff::new(config, 7);
         let mut b = Backoff::new(config, 8);
         let mut differ = false;
         for _ in 0..20 {
             let (da, db) = (a.next_delay(), b.next_delay());
             for d in [da, db] {
-                assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(60), "{d:?}");
+                assert!(
+                    d >= Duration::from_millis(500) && d <= Duration::from_secs(60),
+                    "{d:?}"
+                );
             }
             differ |= da != db;
         }

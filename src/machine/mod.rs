@@ -243,7 +243,10 @@ impl State {
 
     /// Whether a socket is open or being opened.
     pub fn has_socket(&self) -> bool {
-        matches!(self, State::Connecting { .. } | State::Running { .. } | State::Draining { .. })
+        matches!(
+            self,
+            State::Connecting { .. } | State::Running { .. } | State::Draining { .. }
+        )
     }
 
     /// Whether the connection is authenticated (statuses may be sent).
@@ -557,7 +560,12 @@ impl Machine {
     ///
     /// `auth` is the authentication request sent on every new connection; `signers` decides which job requests
     /// are accepted.
-    pub fn new(config: Config, auth: AuthenticationRequest, signers: TrustedSigners, now: Instant) -> Self {
+    pub fn new(
+        config: Config,
+        auth: AuthenticationRequest,
+        signers: TrustedSigners,
+        now: Instant,
+    ) -> Self {
         Machine {
             outbox: Outbox::new(config.outbox_capacity),
             backoff: Backoff::new(config.backoff, config.jitter_seed),
@@ -631,7 +639,11 @@ impl Machine {
                     return Some(phase_deadline);
                 }
                 let link = link_deadline(link);
-                Some(if phase_deadline.0 <= link.0 { phase_deadline } else { link })
+                Some(if phase_deadline.0 <= link.0 {
+                    phase_deadline
+                } else {
+                    link
+                })
             }
             State::Stopped { .. } => None,
         }
@@ -648,7 +660,9 @@ impl Machine {
         match input {
             Input::Tick => {}
             Input::SocketOpened => self.on_socket_opened(now, &mut out),
-            Input::SocketFailed(why) => self.on_socket_lost(now, &format!("socket failed: {why}"), None, &mut out),
+            Input::SocketFailed(why) => {
+                self.on_socket_lost(now, &format!("socket failed: {why}"), None, &mut out)
+            }
             Input::SocketClosed(code) => {
                 let why = match code {
                     Some(code) => format!("peer closed the connection (code {code})"),
@@ -697,7 +711,10 @@ impl Machine {
                 self.counters.connects += 1;
                 out.push(Action::Open);
                 self.transition(
-                    State::Connecting { phase: ConnectPhase::Opening, deadline: now + self.config.connect_timeout },
+                    State::Connecting {
+                        phase: ConnectPhase::Opening,
+                        deadline: now + self.config.connect_timeout,
+                    },
                     "reconnect delay over: connecting",
                     out,
                 );
@@ -705,8 +722,12 @@ impl Machine {
             State::Connecting { phase, .. } => {
                 out.push(Action::Abort);
                 let why = match phase {
-                    ConnectPhase::Opening => "connect timed out before the WebSocket handshake completed",
-                    ConnectPhase::Authenticating => "connect timed out waiting for the auth Response",
+                    ConnectPhase::Opening => {
+                        "connect timed out before the WebSocket handshake completed"
+                    }
+                    ConnectPhase::Authenticating => {
+                        "connect timed out waiting for the auth Response"
+                    }
                 };
                 self.connect_failed(now, why, false, out);
             }
@@ -721,7 +742,9 @@ impl Machine {
             }
             State::Draining { link, phase } => {
                 let phase_deadline = match phase {
-                    DrainPhase::Flushing { deadline } | DrainPhase::Cancelling { deadline, .. } => deadline,
+                    DrainPhase::Flushing { deadline } | DrainPhase::Cancelling { deadline, .. } => {
+                        deadline
+                    }
                     DrainPhase::Closing { deadline, .. } => deadline,
                 };
                 if phase_deadline <= now {
@@ -729,7 +752,10 @@ impl Machine {
                 } else if link.silent_deadline <= now {
                     out.push(Action::Abort);
                     self.cancel_jobs(out);
-                    let why = format!("peer silent for {:?} while draining", self.config.peer_timeout);
+                    let why = format!(
+                        "peer silent for {:?} while draining",
+                        self.config.peer_timeout
+                    );
                     self.stop(StopReason::ConnectionLostWhileDraining, &why, out);
                 } else {
                     self.heartbeat(now, out);
@@ -771,7 +797,10 @@ impl Machine {
                     ));
                 }
                 if let State::Draining { phase, .. } = &mut self.state {
-                    *phase = DrainPhase::Cancelling { deadline: reports_by, close_by };
+                    *phase = DrainPhase::Cancelling {
+                        deadline: reports_by,
+                        close_by,
+                    };
                 }
                 out.push(Action::Emit(Event::DrainDeadlinePassed {
                     jobs_cancelled: cancelled_count,
@@ -794,20 +823,34 @@ impl Machine {
     // ---- socket events ---------------------------------------------------------------------------------------
 
     fn on_socket_opened(&mut self, _now: Instant, out: &mut Vec<Action>) {
-        if let State::Connecting { phase: phase @ ConnectPhase::Opening, .. } = &mut self.state {
+        if let State::Connecting {
+            phase: phase @ ConnectPhase::Opening,
+            ..
+        } = &mut self.state
+        {
             *phase = ConnectPhase::Authenticating;
             out.push(Action::Send(ClientMessage::Auth(self.auth.clone())));
         }
         // Anywhere else the event is stale (from a socket already dropped): ignored.
     }
 
-    fn on_socket_lost(&mut self, now: Instant, why: &str, code: Option<u16>, out: &mut Vec<Action>) {
+    fn on_socket_lost(
+        &mut self,
+        now: Instant,
+        why: &str,
+        code: Option<u16>,
+        out: &mut Vec<Action>,
+    ) {
         match self.state.clone() {
             State::Connecting { .. } => {
                 if code == Some(close_code::SIGNATURE_INVALID) {
                     self.counters.auth_failures += 1;
                     self.cancel_jobs(out);
-                    self.stop(StopReason::AuthRejected, "facilitator closed with 3000 (auth.signature_invalid)", out);
+                    self.stop(
+                        StopReason::AuthRejected,
+                        "facilitator closed with 3000 (auth.signature_invalid)",
+                        out,
+                    );
                 } else {
                     let at_cap = code == Some(close_code::VALIDATOR_NOT_FOUND);
                     self.connect_failed(now, why, at_cap, out);
@@ -817,7 +860,10 @@ impl Machine {
                 let at_cap = code == Some(close_code::VALIDATOR_NOT_FOUND);
                 self.connection_lost(now, since, why, at_cap, out);
             }
-            State::Draining { phase: DrainPhase::Closing { .. }, .. } => {
+            State::Draining {
+                phase: DrainPhase::Closing { .. },
+                ..
+            } => {
                 let reason = self.drained_reason();
                 self.stop(reason, "close handshake completed", out);
             }
@@ -832,7 +878,10 @@ impl Machine {
 
     fn on_frame(&mut self, message: ServerMessage, now: Instant, out: &mut Vec<Action>) {
         match self.state.clone() {
-            State::Connecting { phase: ConnectPhase::Authenticating, .. } => match message {
+            State::Connecting {
+                phase: ConnectPhase::Authenticating,
+                ..
+            } => match message {
                 ServerMessage::Response(response) => self.on_auth_response(response, now, out),
                 other => {
                     // The reference validator requires the first frame to be a success Response.
@@ -849,7 +898,10 @@ impl Machine {
                     ServerMessage::JobCheated(report) => {
                         self.counters.cheat_reports += 1;
                         let trusted = self.signers.check_cheat_report(&report).is_ok();
-                        out.push(Action::Emit(Event::CheatReport { job_uuid: report.job_uuid.clone(), trusted }));
+                        out.push(Action::Emit(Event::CheatReport {
+                            job_uuid: report.job_uuid.clone(),
+                            trusted,
+                        }));
                     }
                 }
             }
@@ -859,7 +911,10 @@ impl Machine {
 
     fn on_undecodable(&mut self, error: DecodeError, now: Instant, out: &mut Vec<Action>) {
         match self.state.clone() {
-            State::Connecting { phase: ConnectPhase::Authenticating, .. } => {
+            State::Connecting {
+                phase: ConnectPhase::Authenticating,
+                ..
+            } => {
                 self.count_undecodable(&error);
                 out.push(Action::Abort);
                 let why = format!("expected the auth Response, got an undecodable frame ({error})");
@@ -872,9 +927,16 @@ impl Machine {
                     // A job request we can answer: refuse it rather than leave the facilitator waiting.
                     Some(uuid) if !self.jobs.contains(uuid) => {
                         self.counters.jobs_rejected_invalid += 1;
-                        self.reject(uuid.to_owned(), JobRejectionReason::Unknown, format!("Invalid job request: {error}"), out);
+                        self.reject(
+                            uuid.to_owned(),
+                            JobRejectionReason::Unknown,
+                            format!("Invalid job request: {error}"),
+                            out,
+                        );
                     }
-                    _ => out.push(Action::Emit(Event::Ignored { what: format!("undecodable frame: {error}") })),
+                    _ => out.push(Action::Emit(Event::Ignored {
+                        what: format!("undecodable frame: {error}"),
+                    })),
                 }
             }
             _ => {}
@@ -916,7 +978,12 @@ impl Machine {
         } else {
             out.push(Action::Abort);
             let at_cap = response.has_error(error_type::VALIDATOR_NOT_FOUND);
-            let why = format!("auth failed: {}", response.first_error_type().unwrap_or("error without a type"));
+            let why = format!(
+                "auth failed: {}",
+                response
+                    .first_error_type()
+                    .unwrap_or("error without a type")
+            );
             self.connect_failed(now, &why, at_cap, out);
         }
     }
@@ -925,7 +992,10 @@ impl Machine {
         let Some(pending) = self.outbox.acknowledge() else {
             self.counters.unexpected_responses += 1;
             out.push(Action::Emit(Event::Ignored {
-                what: format!("a Response with no status update in flight ({})", response_summary(&response)),
+                what: format!(
+                    "a Response with no status update in flight ({})",
+                    response_summary(&response)
+                ),
             }));
             return;
         };
@@ -933,10 +1003,18 @@ impl Machine {
         let JobStatusUpdate { uuid, status, .. } = pending.update;
         if response.is_success() || already_stored {
             self.counters.statuses_delivered += 1;
-            out.push(Action::Emit(Event::StatusDelivered { uuid, status, sends: pending.sends }));
+            out.push(Action::Emit(Event::StatusDelivered {
+                uuid,
+                status,
+                sends: pending.sends,
+            }));
         } else {
             self.counters.statuses_refused += 1;
-            out.push(Action::Emit(Event::StatusRefused { uuid, status, error: response_summary(&response) }));
+            out.push(Action::Emit(Event::StatusRefused {
+                uuid,
+                status,
+                error: response_summary(&response),
+            }));
         }
         self.pump(out);
         self.check_drained(now, out);
@@ -946,17 +1024,29 @@ impl Machine {
         let uuid = job.uuid().to_owned();
         if matches!(self.state, State::Draining { .. }) {
             self.counters.jobs_rejected_busy += 1;
-            self.reject(uuid, JobRejectionReason::Busy, "The validator is shutting down".to_owned(), out);
+            self.reject(
+                uuid,
+                JobRejectionReason::Busy,
+                "The validator is shutting down".to_owned(),
+                out,
+            );
             return;
         }
         if self.jobs.contains(&uuid) {
             self.counters.jobs_duplicate += 1;
-            out.push(Action::Emit(Event::Ignored { what: format!("job {uuid} is already running") }));
+            out.push(Action::Emit(Event::Ignored {
+                what: format!("job {uuid} is already running"),
+            }));
             return;
         }
         if let Err(problem) = self.signers.check(&job) {
             self.counters.jobs_rejected_signature += 1;
-            self.reject(uuid, JobRejectionReason::InvalidSignature, problem.to_string(), out);
+            self.reject(
+                uuid,
+                JobRejectionReason::InvalidSignature,
+                problem.to_string(),
+                out,
+            );
             return;
         }
         self.counters.jobs_accepted += 1;
@@ -967,9 +1057,23 @@ impl Machine {
         self.pump(out);
     }
 
-    fn reject(&mut self, uuid: String, reason: JobRejectionReason, message: String, out: &mut Vec<Action>) {
-        self.enqueue(JobStatusUpdate::rejected(uuid.clone(), reason, message.clone()));
-        out.push(Action::Emit(Event::JobRejected { uuid, reason, message }));
+    fn reject(
+        &mut self,
+        uuid: String,
+        reason: JobRejectionReason,
+        message: String,
+        out: &mut Vec<Action>,
+    ) {
+        self.enqueue(JobStatusUpdate::rejected(
+            uuid.clone(),
+            reason,
+            message.clone(),
+        ));
+        out.push(Action::Emit(Event::JobRejected {
+            uuid,
+            reason,
+            message,
+        }));
         self.pump(out);
     }
 
@@ -1010,7 +1114,9 @@ impl Machine {
             if pending.sends > 1 {
                 self.counters.statuses_resent += 1;
             }
-            out.push(Action::Send(ClientMessage::StatusUpdate(pending.update.clone())));
+            out.push(Action::Send(ClientMessage::StatusUpdate(
+                pending.update.clone(),
+            )));
         }
     }
 
@@ -1021,7 +1127,10 @@ impl Machine {
                     out.push(Action::Abort);
                 }
                 self.cancel_jobs(out);
-                let why = format!("shutdown requested while not connected; {} status update(s) undelivered", self.outbox.len());
+                let why = format!(
+                    "shutdown requested while not connected; {} status update(s) undelivered",
+                    self.outbox.len()
+                );
                 self.stop(StopReason::ShutdownWhileDisconnected, &why, out);
             }
             State::Running { link, .. } => {
@@ -1031,7 +1140,14 @@ impl Machine {
                     self.jobs.len(),
                     self.outbox.len()
                 );
-                self.transition(State::Draining { link, phase: DrainPhase::Flushing { deadline } }, &why, out);
+                self.transition(
+                    State::Draining {
+                        link,
+                        phase: DrainPhase::Flushing { deadline },
+                    },
+                    &why,
+                    out,
+                );
                 self.check_drained(now, out);
             }
             // Already draining or stopped: a repeated request changes nothing (a second *signal* is ForceStop).
@@ -1041,7 +1157,9 @@ impl Machine {
 
     /// In Draining, once no job runs and nothing is unacknowledged, starts the close handshake.
     fn check_drained(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let State::Draining { phase, .. } = &self.state else { return };
+        let State::Draining { phase, .. } = &self.state else {
+            return;
+        };
         let close_by = match *phase {
             DrainPhase::Flushing { .. } => now + self.config.close_timeout,
             DrainPhase::Cancelling { close_by, .. } => close_by,
@@ -1054,7 +1172,11 @@ impl Machine {
 
     fn begin_close(&mut self, deadline: Instant, out: &mut Vec<Action>) {
         // 1000 when everything was delivered, 1001 ("going away") when something is left.
-        let code = if self.outbox.is_empty() && self.jobs.is_empty() { 1000 } else { 1001 };
+        let code = if self.outbox.is_empty() && self.jobs.is_empty() {
+            1000
+        } else {
+            1001
+        };
         if let State::Draining { phase, .. } = &mut self.state {
             *phase = DrainPhase::Closing { deadline, code };
             out.push(Action::Close(code));
@@ -1063,9 +1185,10 @@ impl Machine {
 
     fn drained_reason(&self) -> StopReason {
         match self.state {
-            State::Draining { phase: DrainPhase::Closing { code: 1000, .. }, .. } if self.counters.jobs_cancelled == 0 => {
-                StopReason::Graceful
-            }
+            State::Draining {
+                phase: DrainPhase::Closing { code: 1000, .. },
+                ..
+            } if self.counters.jobs_cancelled == 0 => StopReason::Graceful,
             _ => StopReason::DrainTimedOut,
         }
     }
@@ -1074,23 +1197,54 @@ impl Machine {
 
     fn connect_failed(&mut self, now: Instant, why: &str, at_cap: bool, out: &mut Vec<Action>) {
         self.counters.auth_failures += 1;
-        let delay = if at_cap { self.backoff.cap_delay() } else { self.backoff.next_delay() };
-        let why = format!("{why}; retrying in {:.1}s (attempt {})", delay.as_secs_f64(), self.backoff.failures());
-        self.transition(State::Disconnected { retry_at: now + delay }, &why, out);
+        let delay = if at_cap {
+            self.backoff.cap_delay()
+        } else {
+            self.backoff.next_delay()
+        };
+        let why = format!(
+            "{why}; retrying in {:.1}s (attempt {})",
+            delay.as_secs_f64(),
+            self.backoff.failures()
+        );
+        self.transition(
+            State::Disconnected {
+                retry_at: now + delay,
+            },
+            &why,
+            out,
+        );
     }
 
-    fn connection_lost(&mut self, now: Instant, since: Instant, why: &str, at_cap: bool, out: &mut Vec<Action>) {
+    fn connection_lost(
+        &mut self,
+        now: Instant,
+        since: Instant,
+        why: &str,
+        at_cap: bool,
+        out: &mut Vec<Action>,
+    ) {
         self.counters.disconnects += 1;
         if now.saturating_duration_since(since) >= self.config.backoff.stable_after {
             self.backoff.reset();
         }
         let requeued = self.outbox.requeue_in_flight();
-        let delay = if at_cap { self.backoff.cap_delay() } else { self.backoff.next_delay() };
+        let delay = if at_cap {
+            self.backoff.cap_delay()
+        } else {
+            self.backoff.next_delay()
+        };
         let why = format!(
             "{why}; {requeued} unacknowledged status update(s) requeued; reconnecting in {:.1}s",
             delay.as_secs_f64()
         );
-        self.transition(State::Disconnected { retry_at: now + delay }, &why, out);
+        self.transition(
+            State::Disconnected {
+                retry_at: now + delay,
+            },
+            &why,
+            out,
+        );
     }
 
     fn cancel_jobs(&mut self, out: &mut Vec<Action>) {
@@ -1118,7 +1272,11 @@ impl Machine {
         let to_kind = to.kind();
         self.state = to;
         if from != to_kind {
-            out.push(Action::Emit(Event::StateChanged { from, to: to_kind, reason: reason.to_owned() }));
+            out.push(Action::Emit(Event::StateChanged {
+                from,
+                to: to_kind,
+                reason: reason.to_owned(),
+            }));
         }
     }
 }
@@ -1135,7 +1293,11 @@ fn response_summary(response: &Response) -> String {
     if response.is_success() {
         "success".to_owned()
     } else {
-        let types: Vec<&str> = response.errors.iter().map(|e| e.error_type.as_str()).collect();
+        let types: Vec<&str> = response
+            .errors
+            .iter()
+            .map(|e| e.error_type.as_str())
+            .collect();
         format!("error: {}", types.join(", "))
     }
 }

@@ -28,7 +28,11 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox that reports itself full at `capacity` held updates (queued plus in flight).
     pub fn new(capacity: usize) -> Self {
-        Outbox { queued: VecDeque::new(), in_flight: VecDeque::new(), capacity: capacity.max(1) }
+        Outbox {
+            queued: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
     }
 
     /// Appends an update. Never refuses: the bound is enforced by producers waiting on [`Outbox::has_room`].
@@ -113,7 +117,11 @@ mod tests {
         let order: Vec<_> = outbox.iter().map(|p| (p.update.status, p.sends)).collect();
         assert_eq!(
             order,
-            vec![(JobStatus::Received, 1), (JobStatus::Accepted, 1), (JobStatus::Completed, 0)]
+            vec![
+                (JobStatus::Received, 1),
+                (JobStatus::Accepted, 1),
+                (JobStatus::Completed, 0)
+            ]
         );
     }
 
