@@ -3,3 +3,5 @@
 pub mod machine;
 pub mod protocol;
 pub mod sim;
+#[cfg(feature = "runtime")]
+pub mod handler;

@@ -1,0 +1,102 @@
+//! Job handlers: what runs a job once the machine has accepted it.
+//!
+//! A handler gets the job request and a [`StatusSender`], and reports the job's statuses through it; the sender
+//! applies the outbox's backpressure (it waits while the client's outbox is full). The runtime runs each job as its
+//! own task and cancels it by dropping its future: a handler must clean up on drop (kill its processes), never
+//! leave anything behind. A handler never sends `received` (the client does that when it accepts the job) and
+//! never talks to the network.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::protocol::{JobRequest, JobStatus, JobStatusUpdate};
+
+pub mod echo;
+pub mod exec;
+
+pub use echo::EchoHandler;
+pub use exec::ExecHandler;
+
+/// A boxed, sendable future, as handlers return.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Runs jobs. Implement this to plug your own job execution into the client.
+///
+/// ```
+/// use std::sync::Arc;
+/// use facilitator_client::handler::{BoxFuture, JobHandler, StatusSender};
+/// use facilitator_client::protocol::{JobRequest, JobStatus};
+///
+/// struct AlwaysCompletes;
+///
+/// impl JobHandler for AlwaysCompletes {
+///     fn run(&self, _job: Arc<JobRequest>, statuses: StatusSender) -> BoxFuture {
+///         Box::pin(async move {
+///             let _ = statuses.status(JobStatus::Accepted).await;
+///             let _ = statuses.status(JobStatus::Completed).await;
+///         })
+///     }
+/// }
+/// ```
+pub trait JobHandler: Send + Sync + 'static {
+    /// Runs one job to its end, reporting through `statuses`. Dropping the returned future cancels the job.
+    fn run(&self, job: Arc<JobRequest>, statuses: StatusSender) -> BoxFuture;
+
+    /// A short name for logs.
+    fn name(&self) -> String {
+        "custom".to_owned()
+    }
+}
+
+/// What job tasks tell the client loop, in order per job: statuses, then `Finished`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerEvent {
+    /// A status update for the job.
+    Status(JobStatusUpdate),
+    /// The job's handler returned (or panicked, or was cancelled); no more statuses follow.
+    Finished(String),
+}
+
+/// The client loop has stopped; the status could not be handed over.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the client has stopped; status update for job {uuid} not accepted")]
+pub struct ClientStopped {
+    /// The job the status was for.
+    pub uuid: String,
+}
+
+/// Reports one job's statuses to the client loop. Sending waits while the client's outbox is full.
+#[derive(Debug, Clone)]
+pub struct StatusSender {
+    uuid: String,
+    tx: mpsc::Sender<HandlerEvent>,
+}
+
+impl StatusSender {
+    /// A sender for job `uuid` over the loop's channel.
+    pub fn new(uuid: impl Into<String>, tx: mpsc::Sender<HandlerEvent>) -> Self {
+        StatusSender { uuid: uuid.into(), tx }
+    }
+
+    /// The job's UUID.
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    /// Sends a status update. Its `uuid` is set to this job's, whatever it was.
+    pub async fn send(&self, mut update: JobStatusUpdate) -> Result<(), ClientStopped> {
+        update.uuid.clone_from(&self.uuid);
+        self.tx
+            .send(HandlerEvent::Status(update))
+            .await
+            .map_err(|_| ClientStopped { uuid: self.uuid.clone() })
+    }
+
+    /// Sends a status with empty metadata.
+    pub async fn status(&self, status: JobStatus) -> Result<(), ClientStopped> {
+        self.send(JobStatusUpdate::new(self.uuid.clone(), status)).await
+    }
+}
