@@ -603,6 +603,11 @@ impl Machine {
         self.jobs.iter().map(String::as_str)
     }
 
+    /// How many jobs are dispatched and not yet finished.
+    pub fn running_job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
     /// Whether a handler's status would fit in the outbox. While false, the driver stops taking statuses from
     /// handlers, so they wait: backpressure instead of dropping.
     pub fn accepts_statuses(&self) -> bool {

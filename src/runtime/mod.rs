@@ -1,0 +1,559 @@
+//! The runtime: one `tokio::select!` loop that drives the pure machine with a real socket, a timer, shutdown
+//! signals and job handlers.
+//!
+//! The loop is the only place that reads the clock. Each turn: wait for one wake-up (biased: shutdown first, then
+//! the machine's one deadline, then the socket, then handler statuses), read the clock once, step the machine, carry
+//! out its actions. It decides nothing itself: every lifecycle decision is the machine's. It never polls, never
+//! sleeps a fixed time: an idle connected client wakes only for its heartbeat.
+//!
+//! Every branch is cancel-safe: `watch::Receiver::changed`, `Signal::recv`, `mpsc::Receiver::recv` and a `Sleep`
+//! are documented cancel-safe, and the socket branch keeps all its state in [`transport::Socket`] (see there).
+
+pub mod metrics;
+pub mod transport;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use log::{debug, error, info, warn};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::handler::{HandlerEvent, JobHandler, StatusSender};
+use crate::machine::{self, Action, Event, Input, Machine, StopReason};
+use crate::protocol::keys::Hotkey;
+use crate::protocol::signature::TrustedSignerError;
+use crate::protocol::{
+    DecodeError, HordeFailureReason, JobStatusUpdate, TrustedSigners, decode_server_frame,
+};
+
+pub use metrics::{Metrics, MetricsHandle};
+pub use transport::{Endpoint, TransportLimits, UrlError};
+
+/// Everything the client needs to know besides the hotkey and the handler.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The facilitator's WebSocket URL, e.g. `wss://facilitator.computehorde.io/ws/v0/`.
+    pub url: String,
+    /// Timeouts, backoff and outbox limits of the state machine.
+    pub machine: machine::Config,
+    /// WebSocket size limits.
+    pub limits: TransportLimits,
+    /// SS58 addresses whose job requests are trusted, besides the client's own hotkey.
+    pub trusted_signers: Vec<String>,
+    /// Capacity of the channel from job handlers to the loop (handlers wait when it and the outbox are full).
+    pub status_channel_capacity: usize,
+    /// Turn SIGINT/SIGTERM into Shutdown (first) and ForceStop (second).
+    pub handle_signals: bool,
+    /// Value of the `X-Validator-Runner-Version` header.
+    pub runner_version: String,
+    /// Value of the `X-Validator-Version` header.
+    pub validator_version: String,
+}
+
+impl ClientConfig {
+    /// Defaults for everything but the URL. The version headers carry this crate's version.
+    pub fn new(url: impl Into<String>) -> Self {
+        let version = format!("facilitator-client/{}", env!("CARGO_PKG_VERSION"));
+        ClientConfig {
+            url: url.into(),
+            machine: machine::Config::default(),
+            limits: TransportLimits::default(),
+            trusted_signers: Vec::new(),
+            status_channel_capacity: 64,
+            handle_signals: false,
+            runner_version: version.clone(),
+            validator_version: version,
+        }
+    }
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The URL is unusable.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// A trusted signer address does not parse.
+    #[error(transparent)]
+    TrustedSigner(#[from] TrustedSignerError),
+    /// Installing the signal handlers failed.
+    #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Why the machine stopped.
+    pub reason: StopReason,
+    /// Status updates never acknowledged by the facilitator, in delivery order.
+    pub undelivered: Vec<JobStatusUpdate>,
+    /// The final metrics.
+    pub metrics: Metrics,
+    /// From the shutdown request (or the fatal error) to the end of the run.
+    pub stop_latency: Option<Duration>,
+}
+
+impl Outcome {
+    /// The program's exit code: 0 for a requested stop, 130 forced, 1 fatal.
+    pub fn exit_code(&self) -> i32 {
+        self.reason.exit_code()
+    }
+}
+
+/// Asks a running client to stop. Cloneable; the first request drains, the second stops at once.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    requests: Arc<watch::Sender<u32>>,
+}
+
+impl ShutdownHandle {
+    /// Requests a shutdown: the first call drains gracefully, a second stops at once (like a second Ctrl-C).
+    pub fn shutdown(&self) {
+        self.requests.send_modify(|n| *n = n.saturating_add(1));
+    }
+}
+
+/// The facilitator client. Build it, take handles ([`Client::shutdown_handle`], [`Client::subscribe`],
+/// [`Client::metrics`]), then [`Client::run`] it. Dropping the `run` future stops everything it started: the
+/// socket is closed and job handlers are cancelled (their processes killed).
+pub struct Client {
+    config: ClientConfig,
+    endpoint: Endpoint,
+    hotkey: Hotkey,
+    signers: TrustedSigners,
+    handler: Arc<dyn JobHandler>,
+    shutdown: ShutdownHandle,
+    events: broadcast::Sender<Event>,
+    metrics: MetricsHandle,
+}
+
+impl Client {
+    /// Checks the configuration and builds a client that will authenticate with `hotkey` and run jobs with
+    /// `handler`.
+    pub fn new(
+        config: ClientConfig,
+        hotkey: Hotkey,
+        handler: Arc<dyn JobHandler>,
+    ) -> Result<Client, ConfigError> {
+        let endpoint = Endpoint::new(
+            &config.url,
+            &config.runner_version,
+            &config.validator_version,
+        )?;
+        let signers = TrustedSigners::new(hotkey.public_key(), &config.trusted_signers)?;
+        let (requests, _) = watch::channel(0);
+        Ok(Client {
+            config,
+            endpoint,
+            hotkey,
+            signers,
+            handler,
+            shutdown: ShutdownHandle {
+                requests: Arc::new(requests),
+            },
+            events: broadcast::channel(1024).0,
+            metrics: MetricsHandle::default(),
+        })
+    }
+
+    /// A handle that requests a shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// A stream of the machine's events (state changes with reasons, jobs, deliveries). A receiver that falls more
+    /// than 1024 events behind misses the oldest ones (`RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// A live view of the metrics.
+    pub fn metrics(&self) -> MetricsHandle {
+        self.metrics.clone()
+    }
+
+    /// Runs until the machine stops (shutdown requested and drained, forced, or a fatal auth rejection).
+    pub async fn run(self) -> Result<Outcome, ConfigError> {
+        self.run_until(std::future::pending::<()>()).await
+    }
+
+    /// Runs until the machine stops; when `until` completes first, that is a shutdown request.
+    pub async fn run_until<F: Future>(self, until: F) -> Result<Outcome, ConfigError> {
+        let signals = if self.config.handle_signals {
+            let int = signal(SignalKind::interrupt()).map_err(ConfigError::Signals)?;
+            let term = signal(SignalKind::terminate()).map_err(ConfigError::Signals)?;
+            Some((int, term))
+        } else {
+            None
+        };
+        Ok(Loop::new(self, signals).run(until).await)
+    }
+}
+
+/// The loop's state: the machine and the real things it stands for.
+struct Loop {
+    client: Client,
+    machine: Machine,
+    socket: transport::Socket,
+    jobs: JoinSet<()>,
+    handler_tx: mpsc::Sender<HandlerEvent>,
+    handler_rx: mpsc::Receiver<HandlerEvent>,
+    shutdown_rx: watch::Receiver<u32>,
+    signals: Option<(Signal, Signal)>,
+    shutdown_requests: u32,
+    stop_requested_at: Option<Instant>,
+    ping_sent_at: Option<Instant>,
+}
+
+/// What woke the loop.
+enum WakeUp {
+    Input(Input),
+    ShutdownRequest(u32),
+    Socket(transport::SocketEvent),
+    Handler(HandlerEvent),
+}
+
+impl Loop {
+    fn new(client: Client, signals: Option<(Signal, Signal)>) -> Loop {
+        let now = Instant::now().into_std();
+        let mut config = client.config.machine.clone();
+        if config.jitter_seed == machine::Config::default().jitter_seed {
+            config.jitter_seed = random_seed();
+        }
+        let machine = Machine::new(
+            config,
+            client.hotkey.auth_request(),
+            client.signers.clone(),
+            now,
+        );
+        let (handler_tx, handler_rx) = mpsc::channel(client.config.status_channel_capacity.max(1));
+        let shutdown_rx = client.shutdown.requests.subscribe();
+        Loop {
+            client,
+            machine,
+            socket: transport::Socket::None,
+            jobs: JoinSet::new(),
+            handler_tx,
+            handler_rx,
+            shutdown_rx,
+            signals,
+            shutdown_requests: 0,
+            stop_requested_at: None,
+            ping_sent_at: None,
+        }
+    }
+
+    async fn run<F: Future>(mut self, until: F) -> Outcome {
+        let until = until.fuse();
+        tokio::pin!(until);
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        let mut armed: Option<std::time::Instant> = None;
+        let mut seen_requests = *self.shutdown_rx.borrow();
+        info!(
+            "facilitator client starting: {} as {}",
+            self.client.endpoint.url(),
+            self.client.hotkey.ss58()
+        );
+        let reason = loop {
+            // One timer, reset only when the machine's deadline changes.
+            let deadline = self.machine.poll_timeout().map(|(at, _)| at);
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    sleep.as_mut().reset(Instant::from_std(at));
+                }
+                armed = deadline;
+            }
+            let accepts_statuses = self.machine.accepts_statuses();
+            let wake = tokio::select! {
+                biased;
+                changed = self.shutdown_rx.changed() => match changed {
+                    Ok(()) => {
+                        // Requests made since the last turn (two quick ones count as two: stop at once).
+                        let total = *self.shutdown_rx.borrow_and_update();
+                        let new = total.saturating_sub(seen_requests);
+                        seen_requests = total;
+                        WakeUp::ShutdownRequest(new)
+                    }
+                    // Unreachable while `self.client` holds the sender; counted as a request rather than spun on.
+                    Err(_) => WakeUp::ShutdownRequest(1),
+                },
+                Some(()) = recv_signal(&mut self.signals) => WakeUp::ShutdownRequest(1),
+                _ = &mut until => WakeUp::ShutdownRequest(1),
+                () = &mut sleep, if armed.is_some() => WakeUp::Input(Input::Tick),
+                event = std::future::poll_fn(|cx| self.socket.poll_event(cx)), if self.socket.is_active() => {
+                    WakeUp::Socket(event)
+                }
+                Some(event) = self.handler_rx.recv(), if accepts_statuses => WakeUp::Handler(event),
+            };
+            // The one clock read of this turn.
+            let now = Instant::now();
+            let input = match wake {
+                WakeUp::Input(input) => input,
+                WakeUp::ShutdownRequest(0) => continue,
+                WakeUp::ShutdownRequest(new) => {
+                    self.shutdown_requests = self.shutdown_requests.saturating_add(new);
+                    if self.stop_requested_at.is_none() {
+                        self.stop_requested_at = Some(now);
+                    }
+                    if self.shutdown_requests >= 2 {
+                        info!("second shutdown request: stopping now");
+                        Input::ForceStop
+                    } else {
+                        info!("shutdown requested: draining (request again to stop at once)");
+                        Input::Shutdown
+                    }
+                }
+                WakeUp::Socket(event) => match self.socket_input(event, now) {
+                    Some(input) => input,
+                    None => continue,
+                },
+                WakeUp::Handler(HandlerEvent::Status(update)) => Input::Status(update),
+                WakeUp::Handler(HandlerEvent::Finished(uuid)) => {
+                    // Reap finished tasks so the JoinSet does not grow with the number of jobs.
+                    while self.jobs.try_join_next().is_some() {}
+                    Input::JobFinished(uuid)
+                }
+            };
+            let actions = self.machine.step(input, now.into_std());
+            if let Some(reason) = self.execute(actions, now) {
+                break reason;
+            }
+        };
+        self.finish(reason).await
+    }
+
+    /// Turns a socket event into an input; `None` for events the machine does not care about.
+    fn socket_input(&mut self, event: transport::SocketEvent, now: Instant) -> Option<Input> {
+        use transport::SocketEvent;
+        let limit = self.client.config.limits.max_message_size;
+        let metrics = &self.client.metrics;
+        Some(match event {
+            SocketEvent::Opened => Input::SocketOpened,
+            SocketEvent::OpenFailed(why) | SocketEvent::Failed(why) => Input::SocketFailed(why),
+            SocketEvent::Closed(code) => Input::SocketClosed(code),
+            SocketEvent::Message(Message::Text(text)) => {
+                match decode_server_frame(text.as_str(), limit) {
+                    Ok(message) => {
+                        metrics.count_in(message_name(&message));
+                        Input::Frame(message)
+                    }
+                    Err(error) => {
+                        metrics.count_in("undecodable");
+                        Input::Undecodable(error)
+                    }
+                }
+            }
+            SocketEvent::Message(Message::Binary(_)) => {
+                metrics.count_in("binary");
+                Input::Undecodable(DecodeError::Binary)
+            }
+            SocketEvent::Message(Message::Pong(_)) => {
+                if let Some(sent) = self.ping_sent_at.take() {
+                    metrics.set_rtt(now - sent);
+                }
+                Input::Pong
+            }
+            // Pings are answered by tungstenite; raw frames never surface when reading messages.
+            SocketEvent::Message(Message::Ping(_) | Message::Frame(_) | Message::Close(_)) => {
+                return None;
+            }
+        })
+    }
+
+    /// Carries out the machine's actions in order. Returns the stop reason once the machine has stopped.
+    fn execute(&mut self, actions: Vec<Action>, now: Instant) -> Option<StopReason> {
+        let mut stopped = None;
+        for action in actions {
+            match action {
+                Action::Open => self
+                    .socket
+                    .open(&self.client.endpoint, self.client.config.limits),
+                Action::Send(message) => {
+                    let name = message.message_type();
+                    if self.socket.send(Message::text(message.to_json())) {
+                        self.client.metrics.count_out(name);
+                    } else {
+                        error!(
+                            "bug: the machine sent {name} with no open socket; the message stays unacknowledged"
+                        );
+                    }
+                }
+                Action::Ping => {
+                    if self.socket.send(Message::Ping(Default::default())) {
+                        self.ping_sent_at = Some(now);
+                    }
+                }
+                Action::Close(code) => {
+                    info!("closing the connection with code {code}");
+                    self.socket.close(code);
+                }
+                Action::Abort => self.socket.abort(),
+                Action::Dispatch(job) => {
+                    let uuid = job.uuid().to_owned();
+                    let statuses = StatusSender::new(uuid.clone(), self.handler_tx.clone());
+                    let run = self.client.handler.run(job, statuses);
+                    let tx = self.handler_tx.clone();
+                    self.jobs.spawn(async move {
+                        if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                            let message = panic_message(&panic);
+                            error!("job handler for {uuid} panicked: {message}");
+                            let update = JobStatusUpdate::horde_failed(
+                                uuid.clone(),
+                                HordeFailureReason::UnhandledException,
+                                format!("job handler panicked: {message}"),
+                                None,
+                            );
+                            let _ = tx.send(HandlerEvent::Status(update)).await;
+                        }
+                        let _ = tx.send(HandlerEvent::Finished(uuid)).await;
+                    });
+                }
+                Action::CancelJobs => {
+                    info!("cancelling {} running job(s)", self.jobs.len());
+                    self.jobs.abort_all();
+                }
+                Action::Emit(event) => {
+                    log_event(&event);
+                    let _ = self.client.events.send(event);
+                }
+                Action::Stop(reason) => stopped = Some(reason),
+            }
+        }
+        self.client.metrics.update(&self.machine);
+        stopped
+    }
+
+    async fn finish(mut self, reason: StopReason) -> Outcome {
+        self.socket.abort();
+        // Cancel what still runs and wait for it, so no handler process outlives the client.
+        self.jobs.shutdown().await;
+        // Statuses handlers sent that the loop never took: hand them to the machine, which keeps them as
+        // undelivered, so they are reported rather than lost.
+        let now = Instant::now();
+        while let Ok(event) = self.handler_rx.try_recv() {
+            if let HandlerEvent::Status(update) = event {
+                let _ = self.machine.step(Input::Status(update), now.into_std());
+            }
+        }
+        self.client.metrics.update(&self.machine);
+        let undelivered: Vec<JobStatusUpdate> = self.machine.undelivered().cloned().collect();
+        let stop_latency = self.stop_requested_at.map(|at| now - at);
+        let level = if reason.exit_code() == 0 {
+            log::Level::Info
+        } else {
+            log::Level::Error
+        };
+        log::log!(
+            level,
+            "stopped ({reason}): {} status update(s) delivered, {} undelivered{}",
+            self.machine.counters().statuses_delivered,
+            undelivered.len(),
+            stop_latency
+                .map(|d| format!(
+                    ", {:.1} ms after the shutdown request",
+                    d.as_secs_f64() * 1e3
+                ))
+                .unwrap_or_default()
+        );
+        Outcome {
+            reason,
+            undelivered,
+            metrics: self.client.metrics.snapshot(),
+            stop_latency,
+        }
+    }
+}
+
+async fn recv_signal(signals: &mut Option<(Signal, Signal)>) -> Option<()> {
+    match signals {
+        Some((int, term)) => {
+            tokio::select! {
+                s = int.recv() => s,
+                s = term.recv() => s,
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn message_name(message: &crate::protocol::ServerMessage) -> &'static str {
+    match message {
+        crate::protocol::ServerMessage::Response(_) => "Response",
+        crate::protocol::ServerMessage::JobRequest(_) => "V2JobRequest",
+        crate::protocol::ServerMessage::JobCheated(_) => "V0JobCheated",
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::StateChanged { from, to, reason } => info!("{from} -> {to} ({reason})"),
+        Event::JobAccepted { uuid } => info!("job {uuid} accepted"),
+        Event::JobRejected {
+            uuid,
+            reason,
+            message,
+        } => warn!("job {uuid} rejected ({reason}): {message}"),
+        Event::StatusDelivered {
+            uuid,
+            status,
+            sends,
+        } => {
+            debug!("status {status} of job {uuid} delivered (sent {sends} time(s))")
+        }
+        Event::StatusRefused {
+            uuid,
+            status,
+            error,
+        } => {
+            warn!("the facilitator refused status {status} of job {uuid} ({error}); not retried")
+        }
+        Event::CheatReport { job_uuid, trusted } => {
+            info!(
+                "cheat report for job {job_uuid} ({})",
+                if *trusted {
+                    "verified"
+                } else {
+                    "not verified: ignored"
+                }
+            )
+        }
+        Event::DrainDeadlinePassed {
+            jobs_cancelled,
+            unacknowledged,
+        } => warn!(
+            "drain deadline passed: {jobs_cancelled} job(s) cancelled, {unacknowledged} status update(s) unacknowledged"
+        ),
+        Event::Ignored { what } => warn!("ignored {what}"),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// A seed for the backoff jitter, different for every process.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}

@@ -1,0 +1,309 @@
+//! The socket: opening a WebSocket to the facilitator (TCP, TLS for `wss://`, handshake with the validator
+//! headers) and moving frames in and out of it without ever losing or splitting one.
+//!
+//! Cancel safety is the point of this module. The loop's `select!` polls [`Socket::poll_event`] through a
+//! `poll_fn`, which may be dropped whenever another branch wins. That is safe because the poll function keeps no
+//! state of its own: outgoing messages wait in [`Socket`]'s own queue and leave it only inside `poll_event`, in the
+//! same synchronous step as `start_send`, which hands the whole frame to tungstenite's write buffer. From there
+//! tungstenite flushes it across as many polls as it takes, keeping partial progress in that buffer. So a message
+//! is either still queued here or entirely in tungstenite's buffer; dropping the poll future loses neither.
+//! Nothing here reads the clock or decides anything: timeouts are the machine's.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, Stream};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The open WebSocket.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+type Connecting = Pin<Box<dyn Future<Output = Result<WsStream, String>> + Send>>;
+
+/// Limits of the WebSocket layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// Largest message accepted (bigger ones fail the connection).
+    pub max_message_size: usize,
+    /// Largest frame accepted.
+    pub max_frame_size: usize,
+    /// Bytes buffered before a write goes to the socket.
+    pub write_buffer_size: usize,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            max_message_size: 16 << 20,
+            max_frame_size: 16 << 20,
+            write_buffer_size: 128 << 10,
+        }
+    }
+}
+
+impl TransportLimits {
+    fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_frame_size))
+            .write_buffer_size(self.write_buffer_size)
+    }
+}
+
+/// The validated facilitator address and the handshake request built from it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    url: String,
+    runner_version: String,
+    validator_version: String,
+}
+
+/// Why a URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid facilitator URL {url:?}: {problem} (expected e.g. wss://facilitator.computehorde.io/ws/v0/)"
+)]
+pub struct UrlError {
+    /// The URL given.
+    pub url: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl Endpoint {
+    /// Checks the URL (scheme `ws` or `wss`, a host) and keeps the header values to send.
+    pub fn new(
+        url: &str,
+        runner_version: &str,
+        validator_version: &str,
+    ) -> Result<Endpoint, UrlError> {
+        let error = |problem: &str| UrlError {
+            url: url.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let request = url
+            .into_client_request()
+            .map_err(|e| error(&e.to_string()))?;
+        match request.uri().scheme_str() {
+            Some("ws") | Some("wss") => {}
+            _ => return Err(error("the scheme must be ws:// or wss://")),
+        }
+        if request.uri().host().is_none_or(str::is_empty) {
+            return Err(error("there is no host"));
+        }
+        for value in [runner_version, validator_version] {
+            HeaderValue::from_str(value)
+                .map_err(|_| error("a version header value is not valid"))?;
+        }
+        Ok(Endpoint {
+            url: url.to_owned(),
+            runner_version: runner_version.to_owned(),
+            validator_version: validator_version.to_owned(),
+        })
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn connect(&self, limits: TransportLimits) -> Connecting {
+        let endpoint = self.clone();
+        Box::pin(async move {
+            let mut request = endpoint
+                .url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| e.to_string())?;
+            let headers = request.headers_mut();
+            // Both values were checked in `Endpoint::new`.
+            if let Ok(v) = HeaderValue::from_str(&endpoint.runner_version) {
+                headers.insert("X-Validator-Runner-Version", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&endpoint.validator_version) {
+                headers.insert("X-Validator-Version", v);
+            }
+            let (ws, _response) = tokio_tungstenite::connect_async_with_config(
+                request,
+                Some(limits.websocket_config()),
+                true,
+            )
+            .await
+            .map_err(describe_error)?;
+            Ok(ws)
+        })
+    }
+}
+
+/// What the socket reports to the loop.
+#[derive(Debug)]
+pub enum SocketEvent {
+    /// The WebSocket handshake completed.
+    Opened,
+    /// Opening failed.
+    OpenFailed(String),
+    /// A message arrived (Text, Binary, Pong; Pings are answered by tungstenite).
+    Message(Message),
+    /// The peer closed (with its code, if it sent a close frame), or the stream ended.
+    Closed(Option<u16>),
+    /// Reading or writing failed.
+    Failed(String),
+}
+
+/// The socket as the loop holds it: none, being opened, or open with its outgoing queue.
+pub enum Socket {
+    /// No socket.
+    None,
+    /// TCP/TLS/WebSocket handshake under way.
+    Connecting(Connecting),
+    /// Open.
+    Open(Box<Conn>),
+}
+
+/// An open WebSocket and the messages waiting to be handed to it.
+pub struct Conn {
+    ws: WsStream,
+    outgoing: VecDeque<Message>,
+    needs_flush: bool,
+}
+
+impl Socket {
+    /// Starts opening a socket, dropping any previous one.
+    pub fn open(&mut self, endpoint: &Endpoint, limits: TransportLimits) {
+        *self = Socket::Connecting(endpoint.connect(limits));
+    }
+
+    /// Drops the socket at once (no close handshake).
+    pub fn abort(&mut self) {
+        *self = Socket::None;
+    }
+
+    /// Whether there is anything to poll.
+    pub fn is_active(&self) -> bool {
+        !matches!(self, Socket::None)
+    }
+
+    /// Queues a message. Returns false (and drops it) when no socket is open: the machine never asks for that, so
+    /// it is a bug worth logging, not a silent loss of a status (statuses stay in the machine's outbox until
+    /// acknowledged anyway).
+    pub fn send(&mut self, message: Message) -> bool {
+        match self {
+            Socket::Open(conn) => {
+                conn.outgoing.push_back(message);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Queues the close frame.
+    pub fn close(&mut self, code: u16) -> bool {
+        self.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        })))
+    }
+
+    /// Drives the socket: finishes opening, hands queued messages to tungstenite, flushes, and reads. Returns the
+    /// next event; `Pending` when there is nothing to report (wakers registered for both directions).
+    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
+        match self {
+            Socket::None => Poll::Pending,
+            Socket::Connecting(connecting) => match connecting.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(ws)) => {
+                    *self = Socket::Open(Box::new(Conn {
+                        ws,
+                        outgoing: VecDeque::new(),
+                        needs_flush: false,
+                    }));
+                    Poll::Ready(SocketEvent::Opened)
+                }
+                Poll::Ready(Err(why)) => {
+                    *self = Socket::None;
+                    Poll::Ready(SocketEvent::OpenFailed(why))
+                }
+            },
+            Socket::Open(conn) => {
+                let event = conn.poll_event(cx);
+                if let Poll::Ready(SocketEvent::Closed(_) | SocketEvent::Failed(_)) = event {
+                    *self = Socket::None;
+                }
+                event
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
+        let mut ws = Pin::new(&mut self.ws);
+        // Write side: each message moves from our queue into tungstenite in one synchronous step.
+        while !self.outgoing.is_empty() {
+            match ws.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let Some(message) = self.outgoing.pop_front() else {
+                        break;
+                    };
+                    if let Err(e) = ws.as_mut().start_send(message) {
+                        return Poll::Ready(SocketEvent::Failed(describe_error(e)));
+                    }
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(SocketEvent::Failed(describe_error(e))),
+                Poll::Pending => break,
+            }
+        }
+        if self.needs_flush {
+            match ws.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = !self.outgoing.is_empty(),
+                Poll::Ready(Err(e)) => return Poll::Ready(SocketEvent::Failed(describe_error(e))),
+                Poll::Pending => {}
+            }
+        }
+        // Read side.
+        match ws.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(SocketEvent::Closed(None)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(SocketEvent::Failed(describe_error(e))),
+            Poll::Ready(Some(Ok(Message::Close(frame)))) => {
+                // tungstenite queued the close reply; push it out now, best effort, before the socket is dropped.
+                let _ = ws.as_mut().poll_flush(cx);
+                Poll::Ready(SocketEvent::Closed(frame.map(|f| u16::from(f.code))))
+            }
+            Poll::Ready(Some(Ok(message))) => {
+                if matches!(message, Message::Ping(_)) {
+                    // tungstenite queued the Pong; the next poll flushes it.
+                    self.needs_flush = true;
+                }
+                Poll::Ready(SocketEvent::Message(message))
+            }
+        }
+    }
+}
+
+fn describe_error(error: tungstenite::Error) -> String {
+    use tungstenite::Error;
+    match error {
+        Error::Io(e) => format!("I/O error: {e}"),
+        Error::Tls(e) => format!("TLS error: {e}"),
+        Error::Capacity(e) => format!("frame over the size limit: {e}"),
+        Error::Protocol(e) => format!("WebSocket protocol error: {e}"),
+        Error::Utf8(e) => format!("text frame is not valid UTF-8: {e}"),
+        Error::Url(e) => format!("bad URL: {e}"),
+        Error::Http(response) => format!(
+            "the server refused the WebSocket upgrade: HTTP {}",
+            response.status()
+        ),
+        other => other.to_string(),
+    }
+}
