@@ -1,6 +1,8 @@
 //! facilitator-client: the ComputeHorde validator's client for the facilitator.
 
 #[cfg(feature = "runtime")]
+pub mod facilitator;
+#[cfg(feature = "runtime")]
 pub mod handler;
 pub mod machine;
 pub mod protocol;
