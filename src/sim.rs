@@ -184,6 +184,8 @@ pub struct Sim {
     /// Jobs whose `received` was sent.
     received_sent: HashSet<String>,
     shutdown_at: Option<Instant>,
+    /// When the last heartbeat was sent on the current socket.
+    last_heartbeat: Option<Instant>,
     /// Steps taken.
     pub steps: u64,
 }
@@ -222,6 +224,7 @@ impl Sim {
             sent_on_socket: HashMap::new(),
             received_sent: HashSet::new(),
             shutdown_at: None,
+            last_heartbeat: None,
             steps: 0,
         }
     }
@@ -456,6 +459,7 @@ impl Sim {
 
     fn drop_socket(&mut self) {
         self.socket = Socket::None;
+        self.last_heartbeat = None;
         self.server_in_flight.clear();
         self.sent_on_socket.clear();
     }
@@ -509,6 +513,12 @@ impl Sim {
             },
             Action::Abort => self.drop_socket(),
             Action::Dispatch(job) => {
+                if !matches!(self.machine.state(), crate::machine::State::Running { .. }) {
+                    return Err(format!(
+                        "job dispatched in {:?}: only Running takes jobs",
+                        self.machine.state().kind()
+                    ));
+                }
                 let uuid = job.uuid().to_owned();
                 if self.running.contains(&uuid) {
                     return Err(format!("job {uuid} dispatched twice while running"));
@@ -557,6 +567,19 @@ impl Sim {
                     "{} sent before the auth success Response",
                     other.message_type()
                 ));
+            }
+            ClientMessage::Heartbeat => {
+                let interval = self.machine.config().heartbeat_interval;
+                if let Some(last) = self
+                    .last_heartbeat
+                    .filter(|last| self.now - *last < interval)
+                {
+                    return Err(format!(
+                        "heartbeats {:?} apart, under the interval {interval:?}",
+                        self.now - last
+                    ));
+                }
+                self.last_heartbeat = Some(self.now);
             }
             ClientMessage::StatusUpdate(update) => {
                 let seq = update.metadata.extra.get("seq").and_then(Value::as_u64);
