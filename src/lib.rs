@@ -1,6 +1,10 @@
 //! facilitator-client: the ComputeHorde validator's client for the facilitator.
 
 #[cfg(feature = "runtime")]
+pub mod cli;
+#[cfg(feature = "runtime")]
+pub mod demo;
+#[cfg(feature = "runtime")]
 pub mod facilitator;
 #[cfg(feature = "runtime")]
 pub mod handler;
