@@ -190,7 +190,7 @@ impl Connection {
                 Some(Fault::Stall) => return self.stall().await,
                 None => {}
             }
-            // Every branch is cancel-safe: `wait_for`, `recv` and `next` lose nothing when another branch wins.
+            // Every branch is cancel-safe: `thrown`, `recv` and `next` lose nothing when another branch wins.
             let event = tokio::select! {
                 biased;
                 () = thrown(&mut self.kill) => return ConnectionEnd::Dropped,

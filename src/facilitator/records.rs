@@ -3,8 +3,10 @@
 //! client's behaviour.
 //!
 //! Plain data: appended to by the server under its lock, cloned out by `snapshot()`. Times are tokio instants, so
-//! they follow tokio's clock.
+//! they follow tokio's clock. The helpers that count or look up jobs are O(1), so `wait_for` predicates stay cheap
+//! in long runs.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -23,7 +25,8 @@ impl fmt::Display for ConnectionId {
     }
 }
 
-/// Everything recorded so far. Lists are in the order things happened.
+/// Everything recorded so far. Lists are in the order things happened. The helper methods assume the lists were
+/// not edited after the snapshot was taken.
 #[derive(Debug, Clone)]
 pub struct Records {
     /// When the facilitator started.
@@ -46,6 +49,10 @@ pub struct Records {
     pub pushes: Vec<PushRecord>,
     /// Every `V0Heartbeat` from an authenticated connection.
     pub heartbeats: Vec<HeartbeatRecord>,
+    /// Index into `jobs` by the UUID's value (so any spelling finds the job).
+    job_index: HashMap<u128, usize>,
+    /// How many jobs have a terminal status stored.
+    finished_jobs: usize,
 }
 
 impl Records {
@@ -61,7 +68,33 @@ impl Records {
             jobs: Vec::new(),
             pushes: Vec::new(),
             heartbeats: Vec::new(),
+            job_index: HashMap::new(),
+            finished_jobs: 0,
         }
+    }
+
+    /// Appends a job created by the facilitator.
+    pub(crate) fn add_job(&mut self, key: Option<u128>, job: JobRecord) -> usize {
+        let index = self.jobs.len();
+        if let Some(key) = key {
+            self.job_index.insert(key, index);
+        }
+        self.jobs.push(job);
+        index
+    }
+
+    /// Appends a stored status to a job's list; true if it is the job's first terminal status.
+    pub(crate) fn add_status(&mut self, index: usize, status: JobStatus) -> bool {
+        let Some(job) = self.jobs.get_mut(index) else {
+            return false;
+        };
+        let was_finished = job.is_finished();
+        job.statuses.push(status);
+        let finished_now = !was_finished && job.is_finished();
+        if finished_now {
+            self.finished_jobs += 1;
+        }
+        finished_now
     }
 
     /// The record of a connection.
@@ -87,9 +120,13 @@ impl Records {
             .count()
     }
 
-    /// The job with this UUID (as the facilitator wrote it: lowercase, hyphenated).
+    /// The job with this UUID (any spelling the facilitator's lookup accepts; a job pushed with a UUID that is not
+    /// one is found by its exact text).
     pub fn job(&self, uuid: &str) -> Option<&JobRecord> {
-        self.jobs.iter().find(|j| j.uuid == uuid)
+        match super::uuid::parse(uuid) {
+            Some(key) => self.job_index.get(&key).and_then(|&i| self.jobs.get(i)),
+            None => self.jobs.iter().find(|j| j.uuid == uuid),
+        }
     }
 
     /// The statuses stored for a job from clients, in arrival order (`sent`, stored at creation, not included).
@@ -112,7 +149,7 @@ impl Records {
 
     /// Jobs with a terminal status stored.
     pub fn finished_jobs(&self) -> usize {
-        self.jobs.iter().filter(|j| j.is_finished()).count()
+        self.finished_jobs
     }
 
     /// The Responses sent on one connection, in order.

@@ -416,10 +416,12 @@ impl State {
 
     pub fn record_push(&mut self, id: ConnectionId, kind: PushKind, now: Instant) {
         if let PushKind::Job(uuid) = &kind {
-            if let Some(entry) = uuid::parse(uuid).and_then(|key| self.jobs.get(&key)) {
-                if let Some(job) = self.records.jobs.get_mut(entry.record) {
-                    job.pushed_to.push(id);
-                }
+            let record = match uuid::parse(uuid) {
+                Some(key) => self.jobs.get(&key).map(|entry| entry.record),
+                None => self.records.jobs.iter().position(|j| j.uuid == *uuid),
+            };
+            if let Some(job) = record.and_then(|i| self.records.jobs.get_mut(i)) {
+                job.pushed_to.push(id);
             }
         }
         self.records.pushes.push(PushRecord {
@@ -451,25 +453,23 @@ impl State {
                 log::warn!("job {uuid} is already known; pushing it again");
             }
             key => {
+                let record = self.records.add_job(
+                    key,
+                    JobRecord {
+                        uuid: uuid.to_owned(),
+                        created_at: now,
+                        pushed_to: Vec::new(),
+                        statuses: Vec::new(),
+                    },
+                );
                 if let Some(key) = key {
-                    self.jobs.insert(
-                        key,
-                        JobEntry {
-                            record: self.records.jobs.len(),
-                            // The facilitator stores `sent` itself when it creates the job (3.3 step 3).
-                            stored: HashSet::from([JobStatus::Sent]),
-                        },
-                    );
+                    // The facilitator stores `sent` itself when it creates the job (3.3 step 3).
+                    let stored = HashSet::from([JobStatus::Sent]);
+                    self.jobs.insert(key, JobEntry { record, stored });
                     self.open_jobs += 1;
                 } else {
                     log::warn!("job {uuid:?} has no valid UUID: no status update can refer to it");
                 }
-                self.records.jobs.push(JobRecord {
-                    uuid: uuid.to_owned(),
-                    created_at: now,
-                    pushed_to: Vec::new(),
-                    statuses: Vec::new(),
-                });
                 log::debug!("job {uuid} created");
             }
         }
@@ -719,12 +719,8 @@ impl State {
                 )),
             );
         }
-        if let Some(job) = self.records.jobs.get_mut(entry.record) {
-            let was_finished = job.is_finished();
-            job.statuses.push(update.status);
-            if !was_finished && job.is_finished() {
-                self.open_jobs = self.open_jobs.saturating_sub(1);
-            }
+        if self.records.add_status(entry.record, update.status) {
+            self.open_jobs = self.open_jobs.saturating_sub(1);
         }
         if metadata_is_null
             && matches!(
