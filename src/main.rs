@@ -49,19 +49,19 @@ struct RunArgs {
     #[arg(long = "trusted-signer", value_name = "SS58")]
     trusted_signers: Vec<String>,
     /// Seconds between heartbeats (V0Heartbeat + WebSocket Ping). Decimals allowed. Default: 20.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     heartbeat_interval: Option<String>,
     /// Seconds a shutdown waits for running jobs and unacknowledged statuses. Default: 10.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     drain_timeout: Option<String>,
     /// A silent peer (no frame, no Pong) is dead after this many seconds. Default: 2 x heartbeat interval.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     peer_timeout: Option<String>,
     /// Seconds allowed for TCP, TLS, the WebSocket handshake and the auth reply. Default: 10.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     connect_timeout: Option<String>,
     /// Seconds allowed for the close handshake after draining. Default: 2.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     close_timeout: Option<String>,
     /// Bittensor wallets directory. Default: ~/.bittensor/wallets.
     #[arg(long, value_name = "DIR")]

@@ -2,6 +2,7 @@
 //!
 //! Time is real (paused tokio time would jump over real socket waits), so timeouts are short and every wait is
 //! for a condition, with a generous bound only as a failure guard.
+#![cfg(feature = "runtime")]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,452 @@
+//! The program driven as a subprocess, as an operator or another tool would: the command-line contract, the exit
+//! codes and the messages.
+#![cfg(feature = "runtime")]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use facilitator_client::facilitator::{
+    AuthRejection, FacilitatorConfig, Faults, JobPlan, ReferenceFacilitator, RejectAuth, Times,
+};
+use facilitator_client::protocol::{JobRequest, JobStatus};
+
+const BIN: &str = env!("CARGO_BIN_EXE_facilitator-client");
+const SEED: &str = "0x0707070707070707070707070707070707070707070707070707070707070707";
+const GUARD: Duration = Duration::from_secs(30);
+
+fn program() -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_remove("RUST_LOG")
+        .env_remove("FACILITATOR_HOTKEY_SEED")
+        .env("HOME", "/nonexistent-home");
+    command
+}
+
+/// Runs the program to completion (with a guard) and returns (exit code, stdout, stderr).
+fn run_to_end(command: &mut Command) -> (i32, String, String) {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the program starts");
+    let output = wait_with_guard(child);
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn wait_with_guard(child: Child) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(GUARD) {
+        Ok(output) => output.expect("the program's output is readable"),
+        Err(_) => {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("the program did not exit within {GUARD:?}");
+        }
+    }
+}
+
+fn sigint(child: &Child) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+/// Reads a child's stderr lines on a thread.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns every line read so far.
+fn wait_for_line(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>, needle: &str) -> String {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        if let Some(line) = seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line containing {needle:?}; got:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+#[test]
+fn demo_exits_zero_and_loses_nothing() {
+    let (code, stdout, stderr) = run_to_end(program().arg("demo"));
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["lost", "0"]),
+        "{stdout}"
+    );
+    assert!(stdout.contains("reconnects    1"), "{stdout}");
+    assert!(
+        stdout.contains("Running -> Disconnected"),
+        "the demo shows the reconnect:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains('\x1b'),
+        "no colours when stdout is not a terminal"
+    );
+}
+
+#[test]
+fn help_explains_every_run_flag_and_exits_zero() {
+    let (code, stdout, _) = run_to_end(program().args(["run", "--help"]));
+    assert_eq!(code, 0);
+    for flag in [
+        "--url",
+        "--handler",
+        "--trusted-signer",
+        "--heartbeat-interval",
+        "--drain-timeout",
+        "--wallet-path",
+        "--wallet-name",
+        "--hotkey-name",
+        "--config",
+    ] {
+        assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
+    }
+}
+
+fn usage_error(args: &[&str], env: &[(&str, &str)], expected: &str) {
+    let mut command = program();
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let (code, stdout, stderr) = run_to_end(&mut command);
+    assert_eq!(code, 2, "{args:?}: stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: stderr lacks {expected:?}:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn usage_and_configuration_errors_exit_2_with_one_clear_line() {
+    let url = ["run", "--url", "ws://127.0.0.1:9/ws/v0/"];
+    usage_error(&["run", "--no-such-flag"], &[], "--no-such-flag");
+    usage_error(
+        &["run"],
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "no facilitator URL",
+    );
+    usage_error(
+        &["run", "--url", "http://example.com/"],
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "ws:// or wss://",
+    );
+    usage_error(
+        &["run", "--url", "not a url"],
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "invalid facilitator URL",
+    );
+    usage_error(
+        &url,
+        &[("FACILITATOR_HOTKEY_SEED", "0x1234")],
+        "FACILITATOR_HOTKEY_SEED",
+    );
+    usage_error(&url, &[], "default wallet");
+    usage_error(
+        &[
+            &url[..],
+            &[
+                "--wallet-path",
+                "/nonexistent",
+                "--wallet-name",
+                "w",
+                "--hotkey-name",
+                "h",
+            ],
+        ]
+        .concat(),
+        &[],
+        "/nonexistent/w/hotkeys/h",
+    );
+    usage_error(
+        &[&url[..], &["--heartbeat-interval", "soon"]].concat(),
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "--heartbeat-interval",
+    );
+    usage_error(
+        &[&url[..], &["--drain-timeout", "-1"]].concat(),
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "--drain-timeout",
+    );
+    usage_error(
+        &[&url[..], &["--handler", "bogus"]].concat(),
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "--handler",
+    );
+    usage_error(
+        &[&url[..], &["--trusted-signer", "not-an-address"]].concat(),
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "not-an-address",
+    );
+    usage_error(
+        &["run", "--config", "/nonexistent.toml"],
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "/nonexistent.toml",
+    );
+}
+
+#[test]
+fn a_config_file_sets_what_flags_can_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "url = \"ws://127.0.0.1:9/ws/v0/\"\nheartbeat_interval = 20\nno_such_key = 1\n",
+    )
+    .unwrap();
+    usage_error(
+        &["run", "--config", bad.to_str().unwrap()],
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "no_such_key",
+    );
+    // A file whose heartbeat would be invalid, overridden by a valid flag: the flag wins, so it gets as far as
+    // the URL check of the file's url (which is bad), proving both were read.
+    let file = dir.path().join("client.toml");
+    std::fs::write(&file, "url = \"http://wrong/\"\nheartbeat_interval = 0\n").unwrap();
+    usage_error(
+        &[
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--heartbeat-interval",
+            "5",
+        ],
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "ws:// or wss://",
+    );
+    usage_error(
+        &[
+            "run",
+            "--config",
+            file.to_str().unwrap(),
+            "--url",
+            "ws://127.0.0.1:9/ws/v0/",
+        ],
+        &[("FACILITATOR_HOTKEY_SEED", SEED)],
+        "heartbeat",
+    );
+}
+
+fn job_script(dir: &std::path::Path) -> PathBuf {
+    let script = dir.join("job.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncat > \"$JOB_DIR/$JOB_UUID.json\"\necho '{\"status\":\"accepted\"}'\necho \"working on $JOB_UUID\"\n\
+         echo '{\"status\":\"executor_ready\"}'\nexit 0\n",
+    )
+    .unwrap();
+    script
+}
+
+#[test]
+fn run_processes_jobs_through_an_exec_script_and_exits_zero_on_sigint() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let facilitator = runtime
+        .block_on(ReferenceFacilitator::start(FacilitatorConfig {
+            jobs: JobPlan::count(3),
+            ..Default::default()
+        }))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = job_script(dir.path());
+    let child = program()
+        .args([
+            "run",
+            "--url",
+            &facilitator.url(),
+            "--trusted-signer",
+            &facilitator.signer_ss58(),
+        ])
+        .args([
+            "--handler",
+            &format!("exec:sh {}", script.display()),
+            "--heartbeat-interval",
+            "0.5",
+        ])
+        .env("FACILITATOR_HOTKEY_SEED", SEED)
+        .env("JOB_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let records = runtime
+        .block_on(facilitator.wait_for(|r| r.finished_jobs() == 3, GUARD))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for job in &records.jobs {
+        assert_eq!(
+            records.statuses_of(&job.uuid),
+            [
+                JobStatus::Received,
+                JobStatus::Accepted,
+                JobStatus::ExecutorReady,
+                JobStatus::Completed
+            ]
+        );
+        // The script got the job request as the facilitator wrote it (Python-style separators, signature intact).
+        let stdin = std::fs::read_to_string(dir.path().join(format!("{}.json", job.uuid))).unwrap();
+        assert!(
+            stdin.starts_with("{\"signature\": {\"signature_type\": \"bittensor\""),
+            "{stdin}"
+        );
+        let request = JobRequest::parse(&stdin).unwrap();
+        assert_eq!(request.uuid(), job.uuid);
+        assert!(
+            request.verify_signature().is_ok(),
+            "the text on stdin still verifies"
+        );
+    }
+    sigint(&child);
+    let output = wait_with_guard(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("Running -> Draining"), "{stderr}");
+}
+
+#[test]
+fn a_rejected_hotkey_exits_1_with_a_clear_message() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let faults = Faults {
+        reject_auth: Some(RejectAuth {
+            with: AuthRejection::SignatureInvalid,
+            attempts: Times::Always,
+        }),
+        ..Faults::none()
+    };
+    let facilitator = runtime
+        .block_on(ReferenceFacilitator::start(FacilitatorConfig {
+            faults,
+            ..Default::default()
+        }))
+        .unwrap();
+    let (code, _, stderr) = run_to_end(
+        program()
+            .args(["run", "--url", &facilitator.url()])
+            .env("FACILITATOR_HOTKEY_SEED", SEED),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("rejected this hotkey's signature"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_and_run_work_together_and_a_second_sigint_forces_the_stop() {
+    let mut serve = program()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--jobs",
+            "2",
+            "--job-interval",
+            "0",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serve_lines = stderr_lines(&mut serve);
+    let mut seen = Vec::new();
+    let line = wait_for_line(&serve_lines, &mut seen, "serving at ");
+    let url = line
+        .split("serving at ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let signer = line
+        .split("signed by ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    // A job that never ends, so the drain has something to wait for.
+    let script = dir.path().join("slow.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho '{\"status\":\"accepted\"}'\nexec sleep 600\n",
+    )
+    .unwrap();
+    let mut run = program()
+        .args([
+            "run",
+            "--url",
+            &url,
+            "--trusted-signer",
+            &signer,
+            "--drain-timeout",
+            "60",
+        ])
+        .args(["--handler", &format!("exec:sh {}", script.display())])
+        .env("FACILITATOR_HOTKEY_SEED", SEED)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_lines = stderr_lines(&mut run);
+    let mut run_seen = Vec::new();
+    wait_for_line(&run_lines, &mut run_seen, "Connecting -> Running");
+    // Both jobs accepted by the client.
+    while run_seen.iter().filter(|l| l.contains(" accepted")).count() < 2 {
+        run_seen.push(run_lines.recv_timeout(GUARD).expect("both jobs accepted"));
+    }
+    sigint(&run);
+    wait_for_line(&run_lines, &mut run_seen, "Running -> Draining");
+    let started = Instant::now();
+    sigint(&run);
+    let status = wait_with_guard(run).status;
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "forced stop took {:?}",
+        started.elapsed()
+    );
+    sigint(&serve);
+    assert_eq!(wait_with_guard(serve).status.code(), Some(0));
+}
