@@ -25,6 +25,8 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the size difference between the variants costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Connect to a facilitator and process jobs until Ctrl-C (first: drain and stop; second: stop at once).
     Run(RunArgs),
