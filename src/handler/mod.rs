@@ -78,7 +78,10 @@ pub struct StatusSender {
 impl StatusSender {
     /// A sender for job `uuid` over the loop's channel.
     pub fn new(uuid: impl Into<String>, tx: mpsc::Sender<HandlerEvent>) -> Self {
-        StatusSender { uuid: uuid.into(), tx }
+        StatusSender {
+            uuid: uuid.into(),
+            tx,
+        }
     }
 
     /// The job's UUID.
@@ -92,11 +95,14 @@ impl StatusSender {
         self.tx
             .send(HandlerEvent::Status(update))
             .await
-            .map_err(|_| ClientStopped { uuid: self.uuid.clone() })
+            .map_err(|_| ClientStopped {
+                uuid: self.uuid.clone(),
+            })
     }
 
     /// Sends a status with empty metadata.
     pub async fn status(&self, status: JobStatus) -> Result<(), ClientStopped> {
-        self.send(JobStatusUpdate::new(self.uuid.clone(), status)).await
+        self.send(JobStatusUpdate::new(self.uuid.clone(), status))
+            .await
     }
 }
