@@ -1,6 +1,7 @@
 //! The built-in job handlers, driven directly (no client loop): `echo`, and `exec:` with real `sh` processes.
 //!
 //! Nothing here asserts on timing except generous upper bounds for things that must end (a job, a killed process).
+#![cfg(feature = "runtime")]
 
 use std::path::Path;
 use std::sync::Arc;
