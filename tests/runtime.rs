@@ -518,3 +518,51 @@ async fn run_until_a_future_completes_is_a_shutdown_request() {
     tx.send(()).unwrap();
     assert_eq!(join(run).await.reason, StopReason::Graceful);
 }
+
+#[tokio::test]
+async fn no_write_is_lost_or_split_while_other_branches_keep_winning_the_select() {
+    // A 2 ms heartbeat and a stream of handler statuses keep cancelling the socket branch in the middle of its
+    // writes. A lost or split frame would show up at the facilitator as a missing status, a parse error or a
+    // dropped connection.
+    let facilitator = start(FacilitatorConfig {
+        jobs: JobPlan::count(2_000).max_open(200),
+        ..Default::default()
+    })
+    .await;
+    let mut config = client_config(&facilitator);
+    config.machine.heartbeat_interval = Duration::from_millis(2);
+    config.machine.peer_timeout = Duration::from_secs(5);
+    let client = Client::new(config, hotkey(), Arc::new(EchoHandler::new())).unwrap();
+    let shutdown = client.shutdown_handle();
+    let run = spawn_client(client);
+    let records = facilitator
+        .wait_for(|r| r.finished_jobs() == 2_000, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    shutdown.shutdown();
+    let outcome = join(run).await;
+    assert_eq!(outcome.reason, StopReason::Graceful);
+    assert_eq!(records.connections.len(), 1, "the connection never broke");
+    assert_eq!(records.duplicates().count(), 0);
+    for job in &records.jobs {
+        assert_eq!(
+            records.statuses_of(&job.uuid),
+            ECHO_STATUSES,
+            "job {}",
+            job.uuid
+        );
+    }
+    let errors = records
+        .responses
+        .iter()
+        .filter(|r| !r.response.is_success())
+        .count();
+    assert_eq!(
+        errors, 0,
+        "the facilitator answered {errors} message(s) with an error"
+    );
+    assert!(
+        records.heartbeats.len() > 10,
+        "heartbeats interleaved with the statuses"
+    );
+}
