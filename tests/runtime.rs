@@ -566,3 +566,110 @@ async fn no_write_is_lost_or_split_while_other_branches_keep_winning_the_select(
         "heartbeats interleaved with the statuses"
     );
 }
+
+#[tokio::test]
+async fn shutdown_with_a_running_exec_job_waits_for_it_to_finish() {
+    let facilitator = start(FacilitatorConfig {
+        jobs: JobPlan::count(1),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    // The job reports accepted, then waits for the test's signal (a file), then completes by exiting 0.
+    let script = format!(
+        "echo '{{\"status\":\"accepted\"}}'; while [ ! -e {gate} ]; do sleep 0.02; done; echo finishing",
+        gate = gate.display()
+    );
+    let handler = Arc::new(facilitator_client::handler::ExecHandler::new(script));
+    let client = Client::new(client_config(&facilitator), hotkey(), handler).unwrap();
+    let mut events = client.subscribe();
+    let shutdown = client.shutdown_handle();
+    let run = spawn_client(client);
+    facilitator
+        .wait_for(
+            |r| r.stored().any(|s| s.status == JobStatus::Accepted),
+            GUARD,
+        )
+        .await
+        .unwrap();
+    shutdown.shutdown();
+    // The client is draining with the job still running; now let the job end.
+    let draining = async {
+        loop {
+            if let Ok(facilitator_client::machine::Event::StateChanged {
+                to: facilitator_client::machine::StateKind::Draining,
+                ..
+            }) = events.recv().await
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(GUARD, draining)
+        .await
+        .expect("the client drains");
+    std::fs::write(&gate, b"").unwrap();
+    let outcome = join(run).await;
+    assert_eq!(
+        outcome.reason,
+        StopReason::Graceful,
+        "the job finished within the drain"
+    );
+    let records = facilitator.snapshot();
+    let job = &records.jobs[0];
+    assert_eq!(
+        records.statuses_of(&job.uuid),
+        ECHO_STATUSES,
+        "received, accepted, completed"
+    );
+}
+
+#[tokio::test]
+async fn wss_to_a_server_that_does_not_speak_tls_fails_cleanly_and_is_retried() {
+    // A TCP server that answers the TLS ClientHello with garbage and hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepts = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut count = 0u32;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count += 1;
+            let _ = stream.write_all(b"HTTP/1.1 400 Not TLS\r\n\r\n").await;
+            if count >= 3 {
+                break;
+            }
+        }
+        count
+    });
+    let mut config = ClientConfig::new(format!("wss://127.0.0.1:{port}/ws/v0/"));
+    config.machine.backoff = BackoffConfig {
+        base: Duration::from_millis(20),
+        factor: 1.0,
+        cap: Duration::from_millis(20),
+        jitter: 0.0,
+        stable_after: Duration::from_secs(1),
+    };
+    let client = Client::new(config, hotkey(), Arc::new(EchoHandler::new())).unwrap();
+    let shutdown = client.shutdown_handle();
+    let metrics = client.metrics();
+    let run = spawn_client(client);
+    assert_eq!(
+        tokio::time::timeout(GUARD, accepts).await.unwrap().unwrap(),
+        3,
+        "three TLS attempts"
+    );
+    let failed = async {
+        while metrics.snapshot().counters.auth_failures < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(GUARD, failed)
+        .await
+        .expect("each attempt counted as a failure");
+    shutdown.shutdown();
+    assert_eq!(
+        join(run).await.reason,
+        StopReason::ShutdownWhileDisconnected
+    );
+}
