@@ -327,6 +327,23 @@ impl Proxy {
         }
     }
 
+    /// Black-holes one direction of every open connection now, keeping the sockets open (half-open).
+    pub fn stall_all(&self, dir: Dir) {
+        let connections: Vec<Arc<Connection>> =
+            self.shared.lock().connections.values().cloned().collect();
+        for connection in connections {
+            let mut c = connection.lock();
+            if !c.stalled[dir.index()] {
+                c.stalled[dir.index()] = true;
+                let mut state = self.shared.lock();
+                match dir {
+                    Dir::Up => state.counters.stalls_up += 1,
+                    Dir::Down => state.counters.stalls_down += 1,
+                }
+            }
+        }
+    }
+
     /// Writes `frame` (raw bytes, normally one whole WebSocket frame) into every open connection's
     /// facilitator-to-client stream at its next frame boundary.
     pub fn inject(&self, frame: Vec<u8>) {
