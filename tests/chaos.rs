@@ -174,17 +174,25 @@ async fn run(settings: Settings) -> Report {
     let shutdown = client.shutdown_handle();
     let run = tokio::spawn(client.run());
 
-    // Every job finishes, lost ones being submitted again; the RSS and descriptors are sampled at 10 %.
+    // Every job finishes, lost ones being submitted again; the RSS and descriptors are sampled at 10 %. The wait
+    // never returns on its own: `wait_for` would clone the records under the facilitator's lock, and in a long
+    // run (gigabytes of records) that freezes the facilitator for seconds. It says "done" through `finished`.
     let mut lost_in_transit = LostInTransit::new(settings.jobs, handler.clone());
     let (resubmit_tx, mut resubmit_rx) = mpsc::unbounded_channel::<String>();
     let resubmitted = Arc::clone(&lost_in_transit.resubmitted);
+    let finished = tokio::sync::Notify::new();
     let mut early: Option<(u64, usize, usize)> = None;
+    let mut records_late = 0;
     let all_finished = facilitator.wait_for(
         |r| {
             if early.is_none() && r.finished_jobs() as u64 >= settings.jobs / 10 {
                 early = Some((live_heap_rss_kib(), open_fds(), record_count(r)));
             }
-            lost_in_transit.check(r, &resubmit_tx)
+            if records_late == 0 && lost_in_transit.check(r, &resubmit_tx) {
+                records_late = record_count(r);
+                finished.notify_one();
+            }
+            false
         },
         settings.guard,
     );
@@ -223,40 +231,30 @@ async fn run(settings: Settings) -> Report {
             );
         }
     };
-    let records = tokio::select! {
+    tokio::select! {
         biased;
-        records = all_finished => records,
-        () = resubmitter => unreachable!("the sender lives as long as the wait"),
-        () = progress => unreachable!("reports forever"),
-    };
-    let records = records.unwrap_or_else(|e| {
-        panic!(
-            "seed {seed}: not every job finished: {e}; client {:?}; proxy {:?}",
+        () = finished.notified() => {}
+        failed = all_finished => panic!(
+            "seed {seed}: not every job finished: {}; client {:?}; proxy {:?}",
+            failed.map_or_else(|e| e.to_string(), |_| "?".into()),
             metrics.snapshot(),
             proxy.counters()
-        )
-    });
+        ),
+        () = resubmitter => unreachable!("the sender lives as long as the wait"),
+        () = progress => unreachable!("reports forever"),
+    }
     let (rss_early_kib, fds_early, records_early) = early.expect("sampled at 10 %");
-    let records_late = record_count(&records);
-    let cut_at = records.connections.len();
-    // The records can be big (every frame of the run): keep one copy at a time.
-    drop(records);
 
     // Faults off; cut whatever is open (a stall may be in place), and let the client settle on a clean link.
     proxy.set_mode(Mode::Pass);
+    let authentications = metrics.snapshot().counters.authentications;
     proxy.cut_all();
-    facilitator
-        .wait_for(
-            |r| {
-                r.connections[cut_at..].iter().any(|c| c.hotkey.is_some())
-                    && r.open_connections().count() == 1
-            },
-            settings.guard,
-        )
-        .await
-        .unwrap_or_else(|e| {
-            panic!("seed {seed}: the client did not come back after the last cut: {e}")
-        });
+    support::wait_until(
+        "the client to come back after the last cut",
+        settings.guard,
+        || metrics.snapshot().counters.authentications > authentications,
+    )
+    .await;
     support::wait_until(
         "the client to settle: Running, nothing held",
         settings.guard,
@@ -287,7 +285,11 @@ async fn run(settings: Settings) -> Report {
         .expect("valid config");
     let history = states.finish();
     let faults = proxy.counters();
-    let records = facilitator.snapshot();
+    // Every connection ended at the facilitator too: none leaked on its side.
+    let records = facilitator
+        .wait_for(|r| r.open_connections().count() == 0, settings.guard)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: connections left open at the facilitator: {e}"));
     let counters = &outcome.metrics.counters;
 
     // Every status of every job, in order, none lost.
