@@ -7,7 +7,8 @@
 //! sleeps a fixed time: an idle connected client wakes only for its heartbeat.
 //!
 //! Every branch is cancel-safe: `watch::Receiver::changed`, `Signal::recv`, `mpsc::Receiver::recv` and a `Sleep`
-//! are documented cancel-safe, and the socket branch keeps all its state in [`transport::Socket`] (see there).
+//! are documented cancel-safe, and the socket's read and flush branches keep all their state in
+//! [`transport::Socket`] (see there). The flush branch comes last, so writes are batched per burst of work.
 
 pub mod metrics;
 pub mod transport;
@@ -219,6 +220,8 @@ enum WakeUp {
     ShutdownRequest(u32),
     Socket(transport::SocketEvent),
     Handler(HandlerEvent),
+    /// Everything queued was written out.
+    Flushed,
 }
 
 impl Loop {
@@ -273,6 +276,16 @@ impl Loop {
                 armed = deadline;
             }
             let accepts_statuses = self.machine.accepts_statuses();
+            let (socket_active, needs_flush) = (self.socket.is_active(), self.socket.needs_flush());
+            // The read branch and the flush branch both use the socket, never at once: select! polls its branches
+            // one after another and neither holds the lock across polls (a Mutex rather than a RefCell only
+            // because the run future must be Send; it is never contended).
+            let socket = std::sync::Mutex::new(&mut self.socket);
+            let socket = || {
+                socket
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
             let wake = tokio::select! {
                 biased;
                 changed = self.shutdown_rx.changed() => match changed {
@@ -289,15 +302,24 @@ impl Loop {
                 Some(()) = recv_signal(&mut self.signals) => WakeUp::ShutdownRequest(1),
                 _ = &mut until => WakeUp::ShutdownRequest(1),
                 () = &mut sleep, if armed.is_some() => WakeUp::Input(Input::Tick),
-                event = std::future::poll_fn(|cx| self.socket.poll_event(cx)), if self.socket.is_active() => {
+                event = std::future::poll_fn(|cx| socket().poll_event(cx)), if socket_active => {
                     WakeUp::Socket(event)
                 }
                 Some(event) = self.handler_rx.recv(), if accepts_statuses => WakeUp::Handler(event),
+                // Last: only when nothing else is ready, so what this turn and the ones before it queued goes out in
+                // one write (one system call per burst, not one per status).
+                flushed = std::future::poll_fn(|cx| socket().poll_flush(cx)), if needs_flush => {
+                    match flushed {
+                        Some(event) => WakeUp::Socket(event),
+                        None => WakeUp::Flushed,
+                    }
+                }
             };
             // The one clock read of this turn.
             let now = Instant::now();
             let input = match wake {
                 WakeUp::Input(input) => input,
+                WakeUp::Flushed => continue,
                 WakeUp::ShutdownRequest(0) => continue,
                 WakeUp::ShutdownRequest(new) => {
                     self.shutdown_requests = self.shutdown_requests.saturating_add(new);

@@ -5,8 +5,10 @@
 //! `poll_fn`, which may be dropped whenever another branch wins. That is safe because the poll function keeps no
 //! state of its own: outgoing messages wait in [`Socket`]'s own queue and leave it only inside `poll_event`, in the
 //! same synchronous step as `start_send`, which hands the whole frame to tungstenite's write buffer. From there
-//! tungstenite flushes it across as many polls as it takes, keeping partial progress in that buffer. So a message
-//! is either still queued here or entirely in tungstenite's buffer; dropping the poll future loses neither.
+//! [`Socket::poll_flush`] writes it out across as many polls as it takes, keeping partial progress in that buffer.
+//! So a message is either still queued here or entirely in tungstenite's buffer; dropping the poll future loses
+//! neither. Reading does not flush: the loop flushes when nothing else is ready, so a burst of statuses goes out
+//! in one write instead of one system call each.
 //! Nothing here reads the clock or decides anything: timeouts are the machine's.
 
 use std::collections::VecDeque;
@@ -213,8 +215,31 @@ impl Socket {
         })))
     }
 
-    /// Drives the socket: finishes opening, hands queued messages to tungstenite, flushes, and reads. Returns the
-    /// next event; `Pending` when there is nothing to report (wakers registered for both directions).
+    /// Whether something was queued or handed to tungstenite and not yet flushed.
+    pub fn needs_flush(&self) -> bool {
+        match self {
+            Socket::Open(conn) => conn.needs_flush || !conn.outgoing.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Writes out everything queued: `Ready(None)` once flushed, `Ready(Some(Failed))` when writing failed (the
+    /// socket is then dropped), `Pending` while the socket cannot take more.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
+        match self {
+            Socket::Open(conn) => {
+                let flushed = conn.poll_flush(cx);
+                if let Poll::Ready(Some(_)) = flushed {
+                    *self = Socket::None;
+                }
+                flushed
+            }
+            _ => Poll::Ready(None),
+        }
+    }
+
+    /// Drives the socket: finishes opening, hands queued messages to tungstenite, and reads (without flushing:
+    /// see [`Socket::poll_flush`]). Returns the next event; `Pending` when there is nothing to report.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
         match self {
             Socket::None => Poll::Pending,
@@ -245,31 +270,47 @@ impl Socket {
 }
 
 impl Conn {
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
+    /// Write side: each queued message moves into tungstenite's buffer in one synchronous step (tungstenite
+    /// writes to the socket only when that buffer is over its size; the rest waits for [`Conn::poll_flush`]).
+    fn hand_over(&mut self, cx: &mut Context<'_>) -> Result<(), SocketEvent> {
         let mut ws = Pin::new(&mut self.ws);
-        // Write side: each message moves from our queue into tungstenite in one synchronous step.
         while !self.outgoing.is_empty() {
             match ws.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let Some(message) = self.outgoing.pop_front() else {
                         break;
                     };
-                    if let Err(e) = ws.as_mut().start_send(message) {
-                        return Poll::Ready(SocketEvent::Failed(describe_error(e)));
-                    }
+                    ws.as_mut()
+                        .start_send(message)
+                        .map_err(|e| SocketEvent::Failed(describe_error(e)))?;
                     self.needs_flush = true;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(SocketEvent::Failed(describe_error(e))),
+                Poll::Ready(Err(e)) => return Err(SocketEvent::Failed(describe_error(e))),
                 Poll::Pending => break,
             }
         }
-        if self.needs_flush {
-            match ws.as_mut().poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = !self.outgoing.is_empty(),
-                Poll::Ready(Err(e)) => return Poll::Ready(SocketEvent::Failed(describe_error(e))),
-                Poll::Pending => {}
-            }
+        Ok(())
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
+        if let Err(event) = self.hand_over(cx) {
+            return Poll::Ready(Some(event));
         }
+        match Pin::new(&mut self.ws).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.needs_flush = !self.outgoing.is_empty();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(SocketEvent::Failed(describe_error(e)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
+        if let Err(event) = self.hand_over(cx) {
+            return Poll::Ready(event);
+        }
+        let mut ws = Pin::new(&mut self.ws);
         // Read side.
         match ws.as_mut().poll_next(cx) {
             Poll::Pending => Poll::Pending,
@@ -282,7 +323,7 @@ impl Conn {
             }
             Poll::Ready(Some(Ok(message))) => {
                 if matches!(message, Message::Ping(_)) {
-                    // tungstenite queued the Pong; the next poll flushes it.
+                    // tungstenite queued the Pong; the loop's next flush writes it.
                     self.needs_flush = true;
                 }
                 Poll::Ready(SocketEvent::Message(message))
