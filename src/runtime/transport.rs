@@ -40,6 +40,10 @@ pub struct TransportLimits {
     pub max_frame_size: usize,
     /// Bytes buffered before a write goes to the socket.
     pub write_buffer_size: usize,
+    /// Bytes asked of the socket per read. tungstenite zero-fills that much of its buffer before every read, so
+    /// this is kept small (its default, 128 KiB, cost more per job than everything but the signature check);
+    /// larger frames still arrive whole, over several reads.
+    pub read_buffer_size: usize,
 }
 
 impl Default for TransportLimits {
@@ -48,6 +52,7 @@ impl Default for TransportLimits {
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
             write_buffer_size: 128 << 10,
+            read_buffer_size: 8 << 10,
         }
     }
 }
@@ -58,6 +63,7 @@ impl TransportLimits {
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_frame_size))
             .write_buffer_size(self.write_buffer_size)
+            .read_buffer_size(self.read_buffer_size)
     }
 }
 
