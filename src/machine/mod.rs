@@ -117,6 +117,20 @@ pub struct Link {
     pub next_heartbeat: Instant,
     /// When the peer counts as dead unless something arrives before.
     pub silent_deadline: Instant,
+    /// When the oldest unanswered Ping counts as lost; `None` while every Ping is answered. Frames arriving prove
+    /// only the peer-to-us direction: a peer that stopped reading (a half-open link, or a facilitator stuck while
+    /// its pushes still drain) never answers, and would otherwise keep the link "alive" with statuses stuck.
+    pub pong_deadline: Option<Instant>,
+}
+
+impl Link {
+    /// When the peer counts as dead, and why: nothing heard, or a Ping unanswered (on a tie, nothing heard).
+    pub fn dead_at(&self) -> (Instant, &'static str) {
+        match self.pong_deadline {
+            Some(at) if at < self.silent_deadline => (at, "Ping unanswered"),
+            _ => (self.silent_deadline, "peer silent"),
+        }
+    }
 }
 
 /// The stages of Draining, each with its own deadline.
@@ -623,8 +637,9 @@ impl Machine {
     /// When the machine next needs a [`Input::Tick`], and why. `None` once stopped.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
         let link_deadline = |link: &Link| {
-            if link.silent_deadline <= link.next_heartbeat {
-                (link.silent_deadline, "peer silent")
+            let dead = link.dead_at();
+            if dead.0 <= link.next_heartbeat {
+                dead
             } else {
                 (link.next_heartbeat, "heartbeat")
             }
@@ -677,7 +692,13 @@ impl Machine {
             }
             Input::Frame(message) => self.on_frame(message, now, &mut out),
             Input::Undecodable(error) => self.on_undecodable(error, now, &mut out),
-            Input::Pong => self.heard_from_peer(now),
+            Input::Pong => {
+                self.heard_from_peer(now);
+                if let State::Running { link, .. } | State::Draining { link, .. } = &mut self.state
+                {
+                    link.pong_deadline = None;
+                }
+            }
             Input::Status(update) => self.on_status(update, &mut out),
             Input::JobFinished(uuid) => {
                 self.jobs.remove(&uuid);
@@ -737,9 +758,9 @@ impl Machine {
                 self.connect_failed(now, why, false, out);
             }
             State::Running { since, link } => {
-                if link.silent_deadline <= now {
+                if link.dead_at().0 <= now {
                     out.push(Action::Abort);
-                    let why = format!("peer silent for {:?}", self.config.peer_timeout);
+                    let why = self.peer_dead(&link);
                     self.connection_lost(now, since, &why, false, out);
                 } else {
                     self.heartbeat(now, out);
@@ -754,13 +775,10 @@ impl Machine {
                 };
                 if phase_deadline <= now {
                     self.on_drain_deadline(phase, now, out);
-                } else if link.silent_deadline <= now {
+                } else if link.dead_at().0 <= now {
                     out.push(Action::Abort);
                     self.cancel_jobs(out);
-                    let why = format!(
-                        "peer silent for {:?} while draining",
-                        self.config.peer_timeout
-                    );
+                    let why = format!("{} while draining", self.peer_dead(&link));
                     self.stop(StopReason::ConnectionLostWhileDraining, &why, out);
                 } else {
                     self.heartbeat(now, out);
@@ -770,9 +788,22 @@ impl Machine {
         }
     }
 
+    fn peer_dead(&self, link: &Link) -> String {
+        match link.dead_at().1 {
+            "peer silent" => format!("peer silent for {:?}", self.config.peer_timeout),
+            _ => format!(
+                "no Pong for {:?}: the peer is not reading what is sent",
+                self.config.peer_timeout
+            ),
+        }
+    }
+
     fn heartbeat(&mut self, now: Instant, out: &mut Vec<Action>) {
         if let State::Running { link, .. } | State::Draining { link, .. } = &mut self.state {
             link.next_heartbeat = now + self.config.heartbeat_interval;
+            // The oldest unanswered Ping sets the deadline; any Pong answers them all.
+            link.pong_deadline
+                .get_or_insert(now + self.config.peer_timeout);
             self.counters.heartbeats += 1;
             out.push(Action::Send(ClientMessage::Heartbeat));
             out.push(Action::Ping);
@@ -964,6 +995,8 @@ impl Machine {
             let link = Link {
                 next_heartbeat: now + self.config.heartbeat_interval,
                 silent_deadline: now + self.config.peer_timeout,
+                // The Ping sent with the first heartbeat, below.
+                pong_deadline: Some(now + self.config.peer_timeout),
             };
             let resend = self.outbox.len();
             self.transition(
