@@ -32,7 +32,7 @@ use facilitator_client::runtime::{Client, Metrics};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use support::proxy::{ChaosPlan, Counters, Mode, Proxy, chaos_seed};
+use support::proxy::{ChaosPlan, Counters, Dir, Mode, Proxy, chaos_seed};
 use support::{
     ECHO_STATUSES, RecordingEcho, StateLog, fast_client_config, hotkey, open_fds, vm_kib,
 };
@@ -79,6 +79,95 @@ async fn a_hundred_thousand_jobs_and_a_thousand_faults() {
     .await;
     println!("{report}");
 }
+
+/// A link dead only towards the facilitator (nothing the client sends arrives; the facilitator's jobs still do)
+/// is detected by the unanswered Ping, not kept "alive" by the arriving jobs; every job the client got completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_dead_only_towards_the_facilitator_is_detected_by_the_unanswered_ping() {
+    let _serial = SERIAL.lock().await;
+    const JOBS: usize = 400;
+    let facilitator = ReferenceFacilitator::start(FacilitatorConfig {
+        // A job every 15 ms: the client never goes a peer timeout without a frame.
+        jobs: JobPlan::count(JOBS as u64).every(Duration::from_millis(15)),
+        ..FacilitatorConfig::default()
+    })
+    .await
+    .expect("the reference facilitator starts");
+    let proxy = Proxy::start(facilitator.local_addr(), 0)
+        .await
+        .expect("the proxy starts");
+    let config = fast_client_config(&proxy.url(), &facilitator.signer_ss58());
+    let detection_bound = config.machine.peer_timeout + config.machine.heartbeat_interval + SLACK;
+    let handler = RecordingEcho::default();
+    let client = Client::new(config, hotkey(), Arc::new(handler.clone())).expect("valid config");
+    let states = StateLog::start(client.subscribe());
+    let metrics = client.metrics();
+    let shutdown = client.shutdown_handle();
+    let run = tokio::spawn(client.run());
+
+    facilitator
+        .wait_for(|r| r.finished_jobs() >= 20, GUARD)
+        .await
+        .unwrap_or_else(|e| panic!("jobs did not flow: {e}"));
+    proxy.stall_all(Dir::Up);
+    support::wait_until(
+        "the client to drop the half-open link",
+        detection_bound,
+        || metrics.snapshot().counters.disconnects >= 1,
+    )
+    .await;
+    facilitator
+        .wait_for(
+            |r| {
+                r.jobs.len() == JOBS
+                    && r.jobs
+                        .iter()
+                        .filter(|j| handler.dispatched(&j.uuid))
+                        .all(|j| j.is_finished())
+            },
+            GUARD,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the jobs the client got did not all finish: {e}"));
+    shutdown.shutdown();
+    let outcome = tokio::time::timeout(GUARD, run)
+        .await
+        .expect("the client stops")
+        .expect("the client does not panic")
+        .expect("valid config");
+    let history = states.finish();
+    let records = facilitator.snapshot();
+
+    let dropped = history
+        .changes
+        .iter()
+        .find(|c| c.from == StateKind::Running && c.to == StateKind::Disconnected)
+        .expect("the client left Running");
+    assert!(
+        dropped.reason.contains("no Pong"),
+        "detected by the unanswered Ping while jobs kept arriving, not by silence: {:?}",
+        dropped.reason
+    );
+    assert_eq!(outcome.reason, StopReason::Graceful);
+    assert!(outcome.undelivered.is_empty(), "{:?}", outcome.undelivered);
+    for job in records.jobs.iter().filter(|j| handler.dispatched(&j.uuid)) {
+        assert_eq!(
+            records.statuses_of(&job.uuid),
+            ECHO_STATUSES,
+            "job {}",
+            job.uuid
+        );
+    }
+    assert!(
+        handler.distinct() >= JOBS / 2,
+        "only {} of {JOBS} jobs reached the client",
+        handler.distinct()
+    );
+    proxy.shutdown().await;
+    facilitator.shutdown().await;
+}
+
+const GUARD: Duration = Duration::from_secs(60);
 
 /// What a run measured.
 struct Report {

@@ -92,11 +92,12 @@ impl JobHandler for RecordingEcho {
 }
 
 /// A state change as seen by [`StateLog`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Change {
     pub at: Instant,
     pub from: StateKind,
     pub to: StateKind,
+    pub reason: String,
 }
 
 /// What [`StateLog`] saw.
@@ -169,10 +170,11 @@ impl StateLog {
             let mut history = StateHistory::default();
             loop {
                 match events.blocking_recv() {
-                    Ok(Event::StateChanged { from, to, .. }) => history.changes.push(Change {
+                    Ok(Event::StateChanged { from, to, reason }) => history.changes.push(Change {
                         at: Instant::now(),
                         from,
                         to,
+                        reason,
                     }),
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(n)) => {
