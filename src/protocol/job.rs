@@ -7,6 +7,7 @@
 //! on stdin), or accept a job the reference validator's model would refuse.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value};
 
@@ -44,6 +45,25 @@ pub const WIRE_KEYS: [&str; 19] = [
 pub struct JobRequest {
     text: Arc<str>,
     fields: JobRequestFields,
+    verified: VerifiedMark,
+}
+
+/// Set once the job's signature has verified cryptographically in a batch
+/// ([`super::signature::verify_batch`]), so [`super::TrustedSigners::check`] need not verify it again. A cache of
+/// a fact about the immutable fields, not part of the job's value: clones keep it, equality ignores it.
+#[derive(Debug, Default)]
+struct VerifiedMark(AtomicBool);
+
+impl Clone for VerifiedMark {
+    fn clone(&self) -> Self {
+        VerifiedMark(AtomicBool::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl PartialEq for VerifiedMark {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Why a text is not a valid `V2JobRequest`. `uuid` is set when the job's `uuid` could be read, so the job can be
@@ -82,6 +102,7 @@ impl JobRequest {
         Ok(JobRequest {
             text: Arc::from(text),
             fields,
+            verified: VerifiedMark::default(),
         })
     }
 
@@ -90,6 +111,7 @@ impl JobRequest {
         JobRequest {
             text: Arc::from(fields.to_wire_text()),
             fields,
+            verified: VerifiedMark::default(),
         }
     }
 
@@ -198,6 +220,16 @@ impl JobRequest {
     pub fn verify_signature(&self) -> Result<[u8; 32], SignatureCheckError> {
         let signature = self.signature().ok_or(SignatureCheckError::Missing)?;
         signature.verify(self.fields.signed_payload().as_bytes())
+    }
+
+    /// Whether the signature already verified in a batch ([`super::signature::verify_batch`]).
+    pub(crate) fn signature_verified(&self) -> bool {
+        self.verified.0.load(Ordering::Relaxed)
+    }
+
+    /// Records that the signature verified. Only [`super::signature::verify_batch`] calls this, after the check.
+    pub(super) fn mark_signature_verified(&self) {
+        self.verified.0.store(true, Ordering::Relaxed);
     }
 }
 

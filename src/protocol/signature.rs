@@ -7,6 +7,8 @@
 //! Must never: accept a job whose signature does not verify, or compare signatories in any way other than the
 //! reference validator's exact string comparison.
 
+use std::sync::Arc;
+
 use blake2::{Blake2b512, Digest};
 use serde_json::{Map, Value};
 
@@ -221,8 +223,19 @@ impl TrustedSigners {
     }
 
     /// Checks a job request as the reference validator does (section 9.8): signature present, signatory trusted,
-    /// then the cryptographic check over the SignedFields payload.
+    /// then the cryptographic check over the SignedFields payload, which is skipped when the job's signature
+    /// already verified in a batch ([`verify_batch`]).
     pub fn check(&self, job: &JobRequest) -> Result<(), JobSignatureError> {
+        if job.signature_verified() {
+            let signature = job.signature().ok_or(JobSignatureError::Missing)?;
+            return if self.is_trusted(&signature.signatory) {
+                Ok(())
+            } else {
+                Err(JobSignatureError::UntrustedSignatory(
+                    signature.signatory.clone(),
+                ))
+            };
+        }
         self.check_signed(job.signature(), || {
             job.fields().signed_payload().into_bytes()
         })
@@ -252,6 +265,63 @@ impl TrustedSigners {
             .map(|_| ())
             .map_err(|_| JobSignatureError::Invalid)
     }
+}
+
+/// Verifies the signatures of several job requests in one batch (schnorrkel's batch equation, cheaper per
+/// signature than one check each) and, when every one verifies, marks each job so that
+/// [`TrustedSigners::check`] skips its cryptographic step. Purely cryptographic: whether a signatory is trusted is
+/// still decided by `check`. Returns false (marking nothing) when any job has no signature, a malformed one, or
+/// one that does not verify; `check` then verifies each job on its own, with the same outcome as without the
+/// batch. Jobs already marked are skipped.
+///
+/// ```
+/// use std::sync::Arc;
+/// use facilitator_client::protocol::{decode_server_frame, signature, testing, ServerMessage, TrustedSigners};
+/// let jobs: Vec<_> = (1..=3)
+///     .map(|i| {
+///         let text = testing::signed_job_text(&testing::test_signer(), &format!("00000000-0000-4000-8000-00000000000{i}"));
+///         let Ok(ServerMessage::JobRequest(job)) = decode_server_frame(&text, 1 << 20) else { panic!() };
+///         job
+///     })
+///     .collect();
+/// assert!(signature::verify_batch(&jobs));
+/// let signers = TrustedSigners::new([0; 32], [testing::TEST_SIGNER_SS58])?;
+/// assert!(jobs.iter().all(|job| signers.check(job).is_ok()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn verify_batch(jobs: &[Arc<JobRequest>]) -> bool {
+    let mut items = Vec::with_capacity(jobs.len());
+    for job in jobs.iter().filter(|job| !job.signature_verified()) {
+        let Some(signature) = job.signature() else {
+            return false;
+        };
+        let (Ok(public_key), Ok(timestamp_ns), Some(bytes)) = (
+            keys::ss58_decode(&signature.signatory),
+            u64::try_from(signature.timestamp_ns),
+            base64_decode(&signature.signature),
+        ) else {
+            return false;
+        };
+        let Ok(sig) = <[u8; 64]>::try_from(bytes.as_slice()) else {
+            return false;
+        };
+        let payload = job.fields().signed_payload();
+        items.push((
+            public_key,
+            signature_digest(timestamp_ns, payload.as_bytes()),
+            sig,
+        ));
+    }
+    if items.is_empty() {
+        return true;
+    }
+    if !keys::verify_batch(&items) {
+        return false;
+    }
+    for job in jobs {
+        job.mark_signature_verified();
+    }
+    true
 }
 
 /// A configured trusted signer that is not an SS58 address.
