@@ -182,6 +182,9 @@ pub struct Conn {
     ws: WsStream,
     outgoing: VecDeque<Message>,
     needs_flush: bool,
+    /// The socket's end (closed or failed), read in a batch behind other messages: reported by the next poll, so
+    /// the messages before it are handled while the socket still counts as open, as when read one at a time.
+    ended: Option<SocketEvent>,
 }
 
 impl Socket {
@@ -224,7 +227,9 @@ impl Socket {
     /// Whether something was queued or handed to tungstenite and not yet flushed.
     pub fn needs_flush(&self) -> bool {
         match self {
-            Socket::Open(conn) => conn.needs_flush || !conn.outgoing.is_empty(),
+            Socket::Open(conn) => {
+                conn.ended.is_none() && (conn.needs_flush || !conn.outgoing.is_empty())
+            }
             _ => false,
         }
     }
@@ -233,6 +238,8 @@ impl Socket {
     /// socket is then dropped), `Pending` while the socket cannot take more.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
         match self {
+            // Ended: what is queued is lost with the socket (the machine re-sends what was not acknowledged).
+            Socket::Open(conn) if conn.ended.is_some() => Poll::Ready(None),
             Socket::Open(conn) => {
                 let flushed = conn.poll_flush(cx);
                 if let Poll::Ready(Some(_)) = flushed {
@@ -241,6 +248,45 @@ impl Socket {
                 flushed
             }
             _ => Poll::Ready(None),
+        }
+    }
+
+    /// Like [`Socket::poll_event`], but takes every event already available, up to `max`, into `out`; `Ready` once
+    /// at least one was taken. Stops at an event that is not a message (opened, closed, failed), so nothing of a
+    /// later socket is ever mixed in; an end read behind messages is held back for the next poll, so those
+    /// messages are handled while the socket still counts as open, as when read one at a time.
+    pub fn poll_events(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<SocketEvent>,
+        max: usize,
+    ) -> Poll<()> {
+        while out.len() < max {
+            let event = match self {
+                // Behind messages of this batch, the socket's end waits for the next poll (see `Conn::ended`).
+                Socket::Open(conn) if !out.is_empty() => match conn.poll_event(cx) {
+                    Poll::Ready(end @ (SocketEvent::Closed(_) | SocketEvent::Failed(_))) => {
+                        conn.ended = Some(end);
+                        break;
+                    }
+                    Poll::Ready(event) => event,
+                    Poll::Pending => break,
+                },
+                _ => match self.poll_event(cx) {
+                    Poll::Ready(event) => event,
+                    Poll::Pending => break,
+                },
+            };
+            let last = !matches!(event, SocketEvent::Message(_));
+            out.push(event);
+            if last {
+                break;
+            }
+        }
+        if out.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     }
 
@@ -256,6 +302,7 @@ impl Socket {
                         ws,
                         outgoing: VecDeque::new(),
                         needs_flush: false,
+                        ended: None,
                     }));
                     Poll::Ready(SocketEvent::Opened)
                 }
@@ -265,7 +312,10 @@ impl Socket {
                 }
             },
             Socket::Open(conn) => {
-                let event = conn.poll_event(cx);
+                let event = match conn.ended.take() {
+                    Some(end) => Poll::Ready(end),
+                    None => conn.poll_event(cx),
+                };
                 if let Poll::Ready(SocketEvent::Closed(_) | SocketEvent::Failed(_)) = event {
                     *self = Socket::None;
                 }
