@@ -294,6 +294,7 @@ impl Loop {
             let accepts_statuses = self.machine.accepts_statuses();
             let (socket_active, needs_flush) = (self.socket.is_active(), self.socket.needs_flush());
             let has_read_ahead = !self.read_ahead.is_empty();
+            let mut yielded = false;
             // The read branch and the flush branch both use the socket, never at once: select! polls its branches
             // one after another and neither holds the lock across polls (a Mutex rather than a RefCell only
             // because the run future must be Send; it is never contended).
@@ -325,8 +326,16 @@ impl Loop {
                     if socket_active && !has_read_ahead => WakeUp::SocketBatch,
                 Some(event) = self.handler_rx.recv(), if accepts_statuses => WakeUp::Handler(event),
                 // Last: only when nothing else is ready, so what this turn and the ones before it queued goes out in
-                // one write (one system call per burst, not one per status).
-                flushed = std::future::poll_fn(|cx| socket().poll_flush(cx)), if needs_flush => {
+                // one write (one system call per burst, not one per status). It first yields once to the other
+                // tasks, so statuses that job handlers are ready to send join this write.
+                flushed = std::future::poll_fn(|cx| {
+                    if !yielded {
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        return std::task::Poll::Pending;
+                    }
+                    socket().poll_flush(cx)
+                }), if needs_flush => {
                     match flushed {
                         Some(event) => WakeUp::Socket(event),
                         None => WakeUp::Flushed,
