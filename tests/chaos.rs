@@ -67,7 +67,7 @@ async fn two_thousand_jobs_through_a_faulty_network_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: about ten minutes in release; run by hand with --release --ignored --nocapture"]
+#[ignore = "long: about four minutes in release; run by hand with --release --ignored --nocapture"]
 async fn a_hundred_thousand_jobs_and_a_thousand_faults() {
     let report = run(Settings {
         jobs: 100_000,
