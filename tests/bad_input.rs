@@ -475,6 +475,9 @@ async fn run_row(row: &Row) -> Result<(), String> {
         proxy.inject_on_next_connection(frame.clone(), *replace);
     }
     let mut config: ClientConfig = fast_client_config(&proxy.url(), &facilitator.signer_ss58());
+    // Rows count connections exactly: no room for a dead-peer verdict from a machine too busy to read in time.
+    config.machine.heartbeat_interval = Duration::from_millis(500);
+    config.machine.peer_timeout = Duration::from_secs(5);
     if let Some(limit) = row.max_message_size {
         config.limits.max_message_size = limit;
     }
