@@ -949,6 +949,21 @@ mod bench {
             Runner::Client => client_command(binary, url, heartbeat),
             Runner::Ceiling => ceiling_command(url, heartbeat),
         };
+        // BENCH_CLIENT_PREFIX="valgrind --tool=massif ..." runs the client under a profiler (the /proc figures are
+        // then the profiler's).
+        if let (Runner::Client, Ok(prefix)) = (runner, std::env::var("BENCH_CLIENT_PREFIX")) {
+            let mut words = prefix.split_whitespace();
+            if let Some(program) = words.next() {
+                let mut wrapped = Command::new(program);
+                wrapped.args(words).arg(command.get_program()).args(command.get_args());
+                for (key, value) in command.get_envs() {
+                    if let Some(value) = value {
+                        wrapped.env(key, value);
+                    }
+                }
+                command = wrapped;
+            }
+        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
