@@ -955,7 +955,10 @@ mod bench {
             let mut words = prefix.split_whitespace();
             if let Some(program) = words.next() {
                 let mut wrapped = Command::new(program);
-                wrapped.args(words).arg(command.get_program()).args(command.get_args());
+                wrapped
+                    .args(words)
+                    .arg(command.get_program())
+                    .args(command.get_args());
                 for (key, value) in command.get_envs() {
                     if let Some(value) = value {
                         wrapped.env(key, value);
