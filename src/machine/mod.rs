@@ -818,20 +818,7 @@ impl Machine {
                 // Measured from the drain deadline, not from `now`: a late Tick must not extend the bound.
                 let close_by = deadline + self.config.close_timeout;
                 let reports_by = deadline + self.config.close_timeout / 2;
-                let cancelled: Vec<String> = std::mem::take(&mut self.jobs).into_iter().collect();
-                let cancelled_count = cancelled.len();
-                if !cancelled.is_empty() {
-                    out.push(Action::CancelJobs);
-                    self.counters.jobs_cancelled += cancelled.len() as u64;
-                }
-                for uuid in cancelled {
-                    self.enqueue(JobStatusUpdate::horde_failed(
-                        uuid,
-                        HordeFailureReason::GenericError,
-                        "the validator's facilitator client stopped before the job finished",
-                        None,
-                    ));
-                }
+                let cancelled_count = self.cancel_jobs(out);
                 if let State::Draining { phase, .. } = &mut self.state {
                     *phase = DrainPhase::Cancelling {
                         deadline: reports_by,
@@ -1285,12 +1272,25 @@ impl Machine {
         );
     }
 
-    fn cancel_jobs(&mut self, out: &mut Vec<Action>) {
-        if !self.jobs.is_empty() {
-            self.counters.jobs_cancelled += self.jobs.len() as u64;
-            self.jobs.clear();
-            out.push(Action::CancelJobs);
+    /// Cancels every running job and reports each as `horde_failed`: sent while the connection can still carry
+    /// it (the drain deadline), otherwise kept and counted among the undelivered, so no job is left looking
+    /// `accepted` without a trace. Returns how many jobs were cancelled.
+    fn cancel_jobs(&mut self, out: &mut Vec<Action>) -> usize {
+        if self.jobs.is_empty() {
+            return 0;
         }
+        let cancelled = std::mem::take(&mut self.jobs);
+        self.counters.jobs_cancelled += cancelled.len() as u64;
+        out.push(Action::CancelJobs);
+        for uuid in &cancelled {
+            self.enqueue(JobStatusUpdate::horde_failed(
+                uuid.clone(),
+                HordeFailureReason::GenericError,
+                "the validator's facilitator client stopped before the job finished",
+                None,
+            ));
+        }
+        cancelled.len()
     }
 
     fn stop(&mut self, reason: StopReason, why: &str, out: &mut Vec<Action>) {
