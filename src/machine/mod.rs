@@ -165,6 +165,9 @@ pub enum StopReason {
     Graceful,
     /// Shutdown requested; the drain deadline passed with jobs or statuses left.
     DrainTimedOut,
+    /// Shutdown requested; everything was delivered, but job requests that arrived after the close frame went out
+    /// could not be answered (their `rejected`/`busy` is reported undelivered).
+    ClosedWithUndelivered,
     /// Shutdown requested while not connected: stopped at once.
     ShutdownWhileDisconnected,
     /// Shutdown requested; the connection was lost while draining.
@@ -181,6 +184,7 @@ impl StopReason {
         match self {
             StopReason::Graceful
             | StopReason::DrainTimedOut
+            | StopReason::ClosedWithUndelivered
             | StopReason::ShutdownWhileDisconnected
             | StopReason::ConnectionLostWhileDraining => 0,
             StopReason::Forced => 130,
@@ -194,6 +198,9 @@ impl fmt::Display for StopReason {
         f.write_str(match self {
             StopReason::Graceful => "graceful",
             StopReason::DrainTimedOut => "drain timed out",
+            StopReason::ClosedWithUndelivered => {
+                "closed, with answers to job requests that arrived during the close handshake undelivered"
+            }
             StopReason::ShutdownWhileDisconnected => "shutdown while disconnected",
             StopReason::ConnectionLostWhileDraining => "connection lost while draining",
             StopReason::Forced => "forced",
@@ -1213,7 +1220,14 @@ impl Machine {
             State::Draining {
                 phase: DrainPhase::Closing { code: 1000, .. },
                 ..
-            } if self.counters.jobs_cancelled == 0 => StopReason::Graceful,
+            } if self.counters.jobs_cancelled == 0 => {
+                if self.outbox.is_empty() {
+                    StopReason::Graceful
+                } else {
+                    // Job requests that arrived after the close frame went out: their answers cannot be sent.
+                    StopReason::ClosedWithUndelivered
+                }
+            }
             _ => StopReason::DrainTimedOut,
         }
     }
