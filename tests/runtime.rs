@@ -673,3 +673,34 @@ async fn wss_to_a_server_that_does_not_speak_tls_fails_cleanly_and_is_retried() 
         StopReason::ShutdownWhileDisconnected
     );
 }
+
+#[tokio::test]
+async fn a_facilitator_pushing_jobs_without_pause_still_gets_every_answer() {
+    // No `max_open`: the facilitator pushes 3,000 jobs back to back, so there is nearly always something to read.
+    // The client's answers must still go out (a large backlog is written before more is read).
+    let facilitator = start(FacilitatorConfig {
+        jobs: JobPlan::count(3_000),
+        ..Default::default()
+    })
+    .await;
+    let client = Client::new(
+        client_config(&facilitator),
+        hotkey(),
+        Arc::new(EchoHandler::new()),
+    )
+    .unwrap();
+    let shutdown = client.shutdown_handle();
+    let run = spawn_client(client);
+    let records = facilitator
+        .wait_for(|r| r.finished_jobs() == 3_000, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    shutdown.shutdown();
+    let outcome = join(run).await;
+    assert_eq!(outcome.reason, StopReason::Graceful);
+    assert_eq!(
+        records.connections.len(),
+        1,
+        "the Pings were answered all along: no reconnect"
+    );
+}

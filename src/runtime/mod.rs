@@ -224,6 +224,10 @@ struct Loop {
 /// which costs less per job than one check each; shutdown requests and deadlines still go first between inputs.
 const READ_BATCH: usize = 64;
 
+/// With this many messages queued, writing goes before reading: the flush normally waits until nothing else is
+/// ready, and a facilitator that never pauses its pushes must not starve the client's answers and Pings.
+const FLUSH_BACKLOG: usize = 256;
+
 /// What woke the loop.
 enum WakeUp {
     Input(Input),
@@ -294,6 +298,7 @@ impl Loop {
             let accepts_statuses = self.machine.accepts_statuses();
             let (socket_active, needs_flush) = (self.socket.is_active(), self.socket.needs_flush());
             let has_read_ahead = !self.read_ahead.is_empty();
+            let backlogged = needs_flush && self.socket.backlog() >= FLUSH_BACKLOG;
             let mut yielded = false;
             // The read branch and the flush branch both use the socket, never at once: select! polls its branches
             // one after another and neither holds the lock across polls (a Mutex rather than a RefCell only
@@ -320,6 +325,11 @@ impl Loop {
                 Some(()) = recv_signal(&mut self.signals) => WakeUp::ShutdownRequest(1),
                 _ = &mut until => WakeUp::ShutdownRequest(1),
                 () = &mut sleep, if armed.is_some() => WakeUp::Input(Input::Tick),
+                // A large backlog is written before anything more is read (see FLUSH_BACKLOG).
+                flushed = std::future::poll_fn(|cx| socket().poll_flush(cx)), if backlogged => match flushed {
+                    Some(event) => WakeUp::Socket(event),
+                    None => WakeUp::Flushed,
+                },
                 // Inputs already read go before reading more.
                 () = std::future::ready(()), if has_read_ahead => WakeUp::ReadAhead,
                 () = std::future::poll_fn(|cx| socket().poll_events(cx, &mut self.batch, READ_BATCH)),

@@ -234,6 +234,14 @@ impl Socket {
         }
     }
 
+    /// Messages queued and not yet handed to tungstenite.
+    pub fn backlog(&self) -> usize {
+        match self {
+            Socket::Open(conn) => conn.outgoing.len(),
+            _ => 0,
+        }
+    }
+
     /// Writes out everything queued: `Ready(None)` once flushed, `Ready(Some(Failed))` when writing failed (the
     /// socket is then dropped), `Pending` while the socket cannot take more.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
