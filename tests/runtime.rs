@@ -424,15 +424,22 @@ impl JobHandler for Forever {
     }
 }
 
-#[tokio::test]
-async fn the_drain_deadline_cancels_running_jobs_and_reports_them_horde_failed() {
+/// A facilitator with one job, a client running it with [`Forever`] and the given drain timeout, once the job is
+/// accepted.
+async fn one_job_that_never_ends(
+    drain_timeout: Duration,
+) -> (
+    ReferenceFacilitator,
+    facilitator_client::runtime::ShutdownHandle,
+    tokio::task::JoinHandle<Outcome>,
+) {
     let facilitator = start(FacilitatorConfig {
         jobs: JobPlan::count(1),
         ..Default::default()
     })
     .await;
     let mut config = client_config(&facilitator);
-    config.machine.drain_timeout = Duration::from_millis(300);
+    config.machine.drain_timeout = drain_timeout;
     let client = Client::new(config, hotkey(), Arc::new(Forever)).unwrap();
     let shutdown = client.shutdown_handle();
     let run = spawn_client(client);
@@ -443,6 +450,12 @@ async fn the_drain_deadline_cancels_running_jobs_and_reports_them_horde_failed()
         )
         .await
         .unwrap();
+    (facilitator, shutdown, run)
+}
+
+#[tokio::test]
+async fn the_drain_deadline_cancels_running_jobs_and_reports_them_horde_failed() {
+    let (facilitator, shutdown, run) = one_job_that_never_ends(Duration::from_millis(300)).await;
     shutdown.shutdown();
     let outcome = join(run).await;
     assert_eq!(outcome.reason, StopReason::DrainTimedOut);
@@ -461,23 +474,7 @@ async fn the_drain_deadline_cancels_running_jobs_and_reports_them_horde_failed()
 
 #[tokio::test]
 async fn a_second_shutdown_request_during_the_drain_stops_at_once() {
-    let facilitator = start(FacilitatorConfig {
-        jobs: JobPlan::count(1),
-        ..Default::default()
-    })
-    .await;
-    let mut config = client_config(&facilitator);
-    config.machine.drain_timeout = Duration::from_secs(30);
-    let client = Client::new(config, hotkey(), Arc::new(Forever)).unwrap();
-    let shutdown = client.shutdown_handle();
-    let run = spawn_client(client);
-    facilitator
-        .wait_for(
-            |r| r.stored().any(|s| s.status == JobStatus::Accepted),
-            GUARD,
-        )
-        .await
-        .unwrap();
+    let (_facilitator, shutdown, run) = one_job_that_never_ends(Duration::from_secs(30)).await;
     shutdown.shutdown();
     shutdown.shutdown();
     let outcome = join(run).await;

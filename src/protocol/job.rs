@@ -396,6 +396,13 @@ impl JobRequestFields {
                 .map_or(Value::Null, OutputUpload::to_value),
         );
         map.insert("artifacts_dir".into(), self.artifacts_dir.clone().into());
+        self.insert_trusted_miner_to_streaming(&mut map);
+        Value::Object(map)
+    }
+
+    /// `on_trusted_miner` through `streaming_details`: the keys both the wire form and SignedFields write the same
+    /// way, in the same order.
+    fn insert_trusted_miner_to_streaming(&self, map: &mut Map<String, Value>) {
         map.insert("on_trusted_miner".into(), self.on_trusted_miner.into());
         map.insert(
             "download_time_limit".into(),
@@ -416,7 +423,6 @@ impl JobRequestFields {
                 .as_ref()
                 .map_or(Value::Null, JobStreamingDetails::to_value),
         );
-        Value::Object(map)
     }
 
     /// The wire text in the facilitator's format: Python `json.dumps` of [`Self::to_value`].
@@ -450,26 +456,7 @@ impl JobRequestFields {
             "artifacts_dir".into(),
             self.artifacts_dir.clone().unwrap_or_default().into(),
         );
-        map.insert("on_trusted_miner".into(), self.on_trusted_miner.into());
-        map.insert(
-            "download_time_limit".into(),
-            self.download_time_limit.into(),
-        );
-        map.insert(
-            "execution_time_limit".into(),
-            self.execution_time_limit.into(),
-        );
-        map.insert("upload_time_limit".into(), self.upload_time_limit.into());
-        map.insert(
-            "streaming_start_time_limit".into(),
-            self.streaming_start_time_limit.into(),
-        );
-        map.insert(
-            "streaming_details".into(),
-            self.streaming_details
-                .as_ref()
-                .map_or(Value::Null, JobStreamingDetails::to_value),
-        );
+        self.insert_trusted_miner_to_streaming(&mut map);
         map.insert("volumes".into(), Value::Array(volumes));
         map.insert("uploads".into(), Value::Array(uploads));
         Value::Object(map)
