@@ -37,6 +37,7 @@ pub struct RunOptions {
     pub peer_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub close_timeout: Option<String>,
+    pub max_running_jobs: Option<String>,
     pub wallet_path: Option<PathBuf>,
     pub wallet_name: Option<String>,
     pub hotkey_name: Option<String>,
@@ -65,6 +66,7 @@ struct FileConfig {
     peer_timeout: Option<f64>,
     connect_timeout: Option<f64>,
     close_timeout: Option<f64>,
+    max_running_jobs: Option<usize>,
     wallet_path: Option<PathBuf>,
     wallet_name: Option<String>,
     hotkey_name: Option<String>,
@@ -193,6 +195,16 @@ pub fn plan(options: RunOptions) -> Result<RunPlan, CliError> {
             defaults.close_timeout,
         )?,
         ..defaults
+    };
+    machine.max_running_jobs = match (&options.max_running_jobs, file.max_running_jobs) {
+        (Some(text), _) => text.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            usage(format!(
+                "--max-running-jobs must be a whole number of jobs, at least 1, not {text:?}"
+            ))
+        })?,
+        (None, Some(0)) => return Err(usage("max_running_jobs must be at least 1")),
+        (None, Some(n)) => n,
+        (None, None) => machine.max_running_jobs,
     };
     if let Some(capacity) = file.outbox_capacity {
         if capacity == 0 {

@@ -262,6 +262,9 @@ fn describe(event: &Event, numbers: &mut HashMap<String, usize>, style: &Style) 
             "drain deadline passed: {jobs_cancelled} job(s) cancelled"
         )),
         Event::CheatReport { job_uuid, .. } => format!("cheat report for {job_uuid}"),
+        Event::JobUnanswered { uuid } => {
+            style.red(&format!("{} not answered: the outbox is full", job(uuid)))
+        }
         Event::Ignored { what } => style.dim(&format!("ignored {what}")),
     })
 }

@@ -65,6 +65,10 @@ struct RunArgs {
     /// Seconds allowed for the close handshake after draining. Default: 2.
     #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     close_timeout: Option<String>,
+    /// At most this many jobs run at once; a job request beyond that is answered rejected/busy at once, without
+    /// running anything. Default: 256.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    max_running_jobs: Option<String>,
     /// Bittensor wallets directory. Default: ~/.bittensor/wallets.
     #[arg(long, value_name = "DIR")]
     wallet_path: Option<PathBuf>,
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
             peer_timeout: args.peer_timeout,
             connect_timeout: args.connect_timeout,
             close_timeout: args.close_timeout,
+            max_running_jobs: args.max_running_jobs,
             wallet_path: args.wallet_path,
             wallet_name: args.wallet_name,
             hotkey_name: args.hotkey_name,

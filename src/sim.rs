@@ -149,6 +149,7 @@ pub fn sim_config(seed: u64) -> Config {
         jitter_seed: seed,
         outbox_capacity: 16,
         max_in_flight: 4,
+        max_running_jobs: 4,
     }
 }
 
@@ -186,6 +187,16 @@ pub struct Sim {
     shutdown_at: Option<Instant>,
     /// When the last heartbeat was sent on the current socket.
     last_heartbeat: Option<Instant>,
+    /// Whether the current connection made progress as the world sees it: a status acknowledged or a job request
+    /// received while Running. Such a connection's loss must be retried after at most the base delay.
+    progress_on_socket: bool,
+    /// Attempts that failed without progress since the last productive connection.
+    unproductive_streak: u32,
+    /// Productive connections lost before the stable period, right after at least one unproductive attempt: the
+    /// cases where the backoff property has teeth (a grown delay that only progress brings back to the base).
+    productive_losses_after_failures: u64,
+    /// When the machine last entered Running.
+    running_since: Option<Instant>,
     /// Steps taken.
     pub steps: u64,
 }
@@ -225,6 +236,10 @@ impl Sim {
             received_sent: HashSet::new(),
             shutdown_at: None,
             last_heartbeat: None,
+            progress_on_socket: false,
+            unproductive_streak: 0,
+            productive_losses_after_failures: 0,
+            running_since: None,
             steps: 0,
         }
     }
@@ -320,6 +335,7 @@ impl Sim {
             SimEvent::Ack { not_found } => {
                 if self.authed() {
                     if let Some((uuid, status, seq)) = self.server_in_flight.pop_front() {
+                        self.note_progress();
                         let response = if not_found {
                             if let Some(seq) = seq {
                                 self.refused.insert(seq);
@@ -357,13 +373,17 @@ impl Sim {
                             let text = self
                                 .job_template
                                 .replace("always_on.gpu-24gb", "no_such.class");
-                            self.job_frame(&text, None)
+                            // Undecodable: not progress.
+                            let frame = self.job_frame(&text, None);
+                            self.step(frame)?;
+                            return Ok(());
                         }
                         JobKind::Duplicate => match self.running.first().cloned() {
                             Some(uuid) => self.job_frame(&self.job_template.clone(), Some(uuid)),
                             None => return Ok(()),
                         },
                     };
+                    self.note_progress();
                     self.step(frame)?;
                 }
             }
@@ -457,7 +477,16 @@ impl Sim {
         matches!(self.socket, Socket::Open { authed: true, .. })
     }
 
+    /// The facilitator's application did useful work on this connection (only Running counts: a draining client
+    /// never reconnects).
+    fn note_progress(&mut self) {
+        if matches!(self.machine.state(), crate::machine::State::Running { .. }) {
+            self.progress_on_socket = true;
+        }
+    }
+
     fn drop_socket(&mut self) {
+        self.progress_on_socket = false;
         self.socket = Socket::None;
         self.last_heartbeat = None;
         self.server_in_flight.clear();
@@ -479,12 +508,51 @@ impl Sim {
     fn step(&mut self, input: Input) -> Result<Vec<Action>, String> {
         self.steps += 1;
         let was_stopped = self.machine.state().is_stopped();
+        let was_running = matches!(self.machine.state(), crate::machine::State::Running { .. });
+        let was_connecting = matches!(
+            self.machine.state(),
+            crate::machine::State::Connecting { .. }
+        );
+        let productive = self.progress_on_socket;
         let kind = input.kind();
+        let at_cap =
+            input == Input::SocketClosed(Some(crate::protocol::close_code::VALIDATOR_NOT_FOUND));
         let actions = self.machine.step(input, self.now);
         if was_stopped && (!actions.is_empty() || !self.machine.state().is_stopped()) {
             return Err(format!(
                 "Stopped is not absorbing: {kind:?} gave {actions:?}"
             ));
+        }
+        if let crate::machine::State::Disconnected { retry_at } = *self.machine.state() {
+            let delay = retry_at.saturating_duration_since(self.now);
+            let backoff = self.machine.config().backoff;
+            if delay > backoff.cap {
+                return Err(format!(
+                    "reconnect delay {delay:?} over the cap {:?}",
+                    backoff.cap
+                ));
+            }
+            if was_running && productive && !at_cap && delay > backoff.base {
+                return Err(format!(
+                    "a connection that made progress was lost and the next attempt waits {delay:?}, over the \
+                     base delay {:?}",
+                    backoff.base
+                ));
+            }
+            if was_running && productive {
+                let short = self
+                    .running_since
+                    .is_some_and(|since| self.now - since < backoff.stable_after);
+                if self.unproductive_streak > 0 && short && !at_cap {
+                    self.productive_losses_after_failures += 1;
+                }
+                self.unproductive_streak = 0;
+            } else if was_running || was_connecting {
+                self.unproductive_streak += 1;
+            }
+        }
+        if !was_running && matches!(self.machine.state(), crate::machine::State::Running { .. }) {
+            self.running_since = Some(self.now);
         }
         for action in &actions {
             self.carry_out(action)?;
@@ -627,6 +695,24 @@ impl Sim {
     fn check_invariants(&self) -> Result<(), String> {
         let m = &self.machine;
         let c = m.counters();
+        let config = m.config();
+        if m.running_job_count() > config.max_running_jobs {
+            return Err(format!(
+                "{} jobs running, over max_running_jobs {}",
+                m.running_job_count(),
+                config.max_running_jobs
+            ));
+        }
+        // Producers wait, and job requests go unanswered, while the outbox is full; only the `horde_failed` of
+        // cancelled jobs (at most max_running_jobs) go in past it.
+        if m.outbox().len() > config.outbox_capacity + config.max_running_jobs {
+            return Err(format!(
+                "outbox holds {}, over capacity {} + max_running_jobs {}",
+                m.outbox().len(),
+                config.outbox_capacity,
+                config.max_running_jobs
+            ));
+        }
         if c.statuses_accepted
             != c.statuses_delivered + c.statuses_refused + m.outbox().len() as u64
         {
@@ -702,6 +788,11 @@ impl Sim {
             }
         }
         Err("did not stop after Shutdown within 10,000 events".into())
+    }
+
+    /// Productive connections lost after at least one unproductive attempt (see the backoff invariant).
+    pub fn productive_losses_after_failures(&self) -> u64 {
+        self.productive_losses_after_failures
     }
 
     /// Handler statuses fed so far.

@@ -148,16 +148,10 @@ async fn a_link_dead_only_towards_the_facilitator_is_detected_by_the_unanswered_
         "detected by the unanswered Ping while jobs kept arriving, not by silence: {:?}",
         dropped.reason
     );
-    // The facilitator keeps pushing jobs while the client closes: a job that arrives after the close frame went
-    // out gets a `rejected`/`busy` that can no longer be sent, and is reported undelivered. Nothing else may be.
-    assert!(
-        matches!(
-            outcome.reason,
-            StopReason::Graceful | StopReason::ClosedWithUndelivered
-        ),
-        "{:?}",
-        outcome.reason
-    );
+    // The facilitator keeps pushing jobs while the client closes: a `rejected`/`busy` answer that went out with
+    // the close, or could no longer be sent, may be reported undelivered; it does not make the stop less graceful.
+    // Nothing else may be undelivered.
+    assert_eq!(outcome.reason, StopReason::Graceful);
     for update in &outcome.undelivered {
         let busy = update
             .metadata

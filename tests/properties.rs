@@ -52,6 +52,33 @@ fn event() -> impl Strategy<Value = SimEvent> {
     ]
 }
 
+/// A link that flaps while work flows: connections rarely live as long as the stable period, many attempts fail,
+/// and jobs and acknowledgements keep coming. The world checks after every loss that a connection that made
+/// progress is retried after at most the base delay, and that no delay exceeds the cap.
+fn flapping_event() -> impl Strategy<Value = SimEvent> {
+    prop_oneof![
+        30 => Just(SimEvent::Wait),
+        10 => (0u16..800).prop_map(SimEvent::Advance),
+        40 => Just(SimEvent::OpenSucceeds),
+        12 => Just(SimEvent::SocketFails),
+        30 => Just(SimEvent::AuthReply(AuthReply::Success)),
+        3 => Just(SimEvent::AuthReply(AuthReply::ValidatorNotFound)),
+        3 => Just(SimEvent::AuthReply(AuthReply::Garbage)),
+        20 => Just(SimEvent::Ack { not_found: false }),
+        15 => Just(SimEvent::PushJob(JobKind::Valid)),
+        3 => Just(SimEvent::PushJob(JobKind::Invalid)),
+        5 => Just(SimEvent::Pong),
+        8 => prop_oneof![
+            Just(CloseKind::Normal),
+            Just(CloseKind::ValidatorNotFound),
+            Just(CloseKind::Abrupt)
+        ]
+        .prop_map(SimEvent::PeerCloses),
+        20 => (any::<u8>(), any::<u8>()).prop_map(|(job, status)| SimEvent::HandlerStatus { job, status }),
+        8 => any::<u8>().prop_map(|job| SimEvent::HandlerFinishes { job }),
+    ]
+}
+
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
@@ -89,6 +116,49 @@ proptest! {
         sim.apply(SimEvent::Wait).map_err(TestCaseError::fail)?;
         prop_assert_eq!(sim.steps, steps, "a stopped machine still asked to be woken");
     }
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn a_flapping_link_never_escalates_the_backoff_after_progress(
+        seed in any::<u64>(),
+        events in proptest::collection::vec(flapping_event(), 0..400),
+    ) {
+        let mut sim = flapping_sim(seed);
+        sim.run(&events, events.len()).map_err(TestCaseError::fail)?;
+        sim.shut_down_and_settle().map_err(TestCaseError::fail)?;
+    }
+}
+
+/// The simulation's configuration with the default stable period (10 s), far longer than a flapping connection.
+fn flapping_sim(seed: u64) -> Sim {
+    let mut config = facilitator_client::sim::sim_config(seed);
+    config.backoff.stable_after = std::time::Duration::from_secs(10);
+    Sim::with_config(config)
+}
+
+#[test]
+fn flapping_sequences_lose_productive_connections_after_failures() {
+    // Guards the generator above: the backoff property only bites when a productive connection is lost while the
+    // backoff has grown.
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (
+        any::<u64>(),
+        proptest::collection::vec(flapping_event(), 0..400),
+    );
+    let mut cases = 0;
+    for _ in 0..100 {
+        let (seed, events) = strategy.new_tree(&mut runner).unwrap().current();
+        let mut sim = flapping_sim(seed);
+        sim.run(&events, events.len()).unwrap();
+        cases += sim.productive_losses_after_failures();
+    }
+    println!("100 flapping runs: {cases} productive connections lost after failed attempts");
+    assert!(cases > 20, "only {cases} productive losses after failures");
 }
 
 #[test]

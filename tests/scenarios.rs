@@ -62,6 +62,10 @@ fn config(overrides: &Value) -> Config {
             .get("max_in_flight")
             .and_then(Value::as_u64)
             .unwrap_or(256) as usize,
+        max_running_jobs: overrides
+            .get("max_running_jobs")
+            .and_then(Value::as_u64)
+            .unwrap_or(256) as usize,
     }
 }
 
@@ -172,6 +176,9 @@ fn render(action: &Action) -> String {
         }
         Action::Emit(Event::CheatReport { .. }) => "Emit:CheatReport".into(),
         Action::Emit(Event::Ignored { .. }) => "Emit:Ignored".into(),
+        Action::Emit(Event::JobUnanswered { uuid }) => {
+            format!("Emit:JobUnanswered({})", name_of(uuid))
+        }
         Action::Emit(Event::DrainDeadlinePassed { jobs_cancelled, .. }) => {
             format!("Emit:DrainDeadlinePassed(cancelled={jobs_cancelled})")
         }

@@ -170,6 +170,14 @@ fn fixtures() -> Vec<(&'static str, Sim)> {
             &[&with_job, &[Ack { not_found: false }, Shutdown]],
         ),
         build(
+            "draining, only the job left, busy answers past the window",
+            &[
+                &with_job,
+                &[Ack { not_found: false }, Shutdown],
+                &[PushJob(JobKind::Valid); 5],
+            ],
+        ),
+        build(
             "draining, only a status left",
             &[&with_job, &[HandlerFinishes { job: 0 }, Shutdown]],
         ),

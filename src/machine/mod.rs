@@ -46,6 +46,8 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// At most this many status updates are sent and not yet answered.
     pub max_in_flight: usize,
+    /// At most this many jobs run at once; a job request beyond that is answered `rejected` / `busy` at once.
+    pub max_running_jobs: usize,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             jitter_seed: 0x5eed,
             outbox_capacity: 1024,
             max_in_flight: 256,
+            max_running_jobs: 256,
         }
     }
 }
@@ -86,6 +89,10 @@ pub enum State {
         since: Instant,
         /// Heartbeat and peer-silence deadlines.
         link: Link,
+        /// Whether this connection has done useful work: a status acknowledged or a job request received. A
+        /// connection that did leaves the backoff at its first step when it drops (a Pong is not progress: the
+        /// WebSocket layer answers Pings even when the facilitator's application is broken).
+        progress: bool,
     },
     /// Shutdown requested: no new jobs, in-flight ones may finish, the outbox is flushed, then the close handshake.
     Draining {
@@ -165,9 +172,6 @@ pub enum StopReason {
     Graceful,
     /// Shutdown requested; the drain deadline passed with jobs or statuses left.
     DrainTimedOut,
-    /// Shutdown requested; everything was delivered, but job requests that arrived after the close frame went out
-    /// could not be answered (their `rejected`/`busy` is reported undelivered).
-    ClosedWithUndelivered,
     /// Shutdown requested while not connected: stopped at once.
     ShutdownWhileDisconnected,
     /// Shutdown requested; the connection was lost while draining.
@@ -184,7 +188,6 @@ impl StopReason {
         match self {
             StopReason::Graceful
             | StopReason::DrainTimedOut
-            | StopReason::ClosedWithUndelivered
             | StopReason::ShutdownWhileDisconnected
             | StopReason::ConnectionLostWhileDraining => 0,
             StopReason::Forced => 130,
@@ -198,9 +201,6 @@ impl fmt::Display for StopReason {
         f.write_str(match self {
             StopReason::Graceful => "graceful",
             StopReason::DrainTimedOut => "drain timed out",
-            StopReason::ClosedWithUndelivered => {
-                "closed, with answers to job requests that arrived during the close handshake undelivered"
-            }
             StopReason::ShutdownWhileDisconnected => "shutdown while disconnected",
             StopReason::ConnectionLostWhileDraining => "connection lost while draining",
             StopReason::Forced => "forced",
@@ -507,6 +507,11 @@ pub enum Event {
         /// Status updates not yet acknowledged, the cancelled jobs' reports included.
         unacknowledged: usize,
     },
+    /// A job request was not answered because the outbox was full; the facilitator's own timeout fails it.
+    JobUnanswered {
+        /// The job's UUID.
+        uuid: String,
+    },
     /// Something arrived that was ignored (counted in the metrics).
     Ignored {
         /// What, and why it was ignored.
@@ -545,6 +550,10 @@ pub struct Counters {
     pub jobs_rejected_signature: u64,
     /// Job requests rejected because the client is draining.
     pub jobs_rejected_busy: u64,
+    /// Job requests rejected (`busy`) because `max_running_jobs` jobs were running.
+    pub jobs_rejected_full: u64,
+    /// Job requests not answered at all because the outbox was full (the facilitator's own timeout fails them).
+    pub jobs_unanswered: u64,
     /// Job requests rejected because they failed validation.
     pub jobs_rejected_invalid: u64,
     /// Job requests for a job already running (ignored).
@@ -764,11 +773,15 @@ impl Machine {
                 };
                 self.connect_failed(now, why, false, out);
             }
-            State::Running { since, link } => {
+            State::Running {
+                since,
+                link,
+                progress,
+            } => {
                 if link.dead_at().0 <= now {
                     out.push(Action::Abort);
                     let why = self.peer_dead(&link);
-                    self.connection_lost(now, since, &why, false, out);
+                    self.connection_lost(now, since, progress, &why, false, out);
                 } else {
                     self.heartbeat(now, out);
                 }
@@ -886,9 +899,11 @@ impl Machine {
                     self.connect_failed(now, why, at_cap, out);
                 }
             }
-            State::Running { since, .. } => {
+            State::Running {
+                since, progress, ..
+            } => {
                 let at_cap = code == Some(close_code::VALIDATOR_NOT_FOUND);
-                self.connection_lost(now, since, why, at_cap, out);
+                self.connection_lost(now, since, progress, why, at_cap, out);
             }
             State::Draining {
                 phase: DrainPhase::Closing { .. },
@@ -955,6 +970,9 @@ impl Machine {
                 self.count_undecodable(&error);
                 match error.job_uuid() {
                     // A job request we can answer: refuse it rather than leave the facilitator waiting.
+                    Some(uuid) if !self.jobs.contains(uuid) && !self.outbox.has_room() => {
+                        self.unanswered(uuid.to_owned(), out);
+                    }
                     Some(uuid) if !self.jobs.contains(uuid) => {
                         self.counters.jobs_rejected_invalid += 1;
                         self.reject(
@@ -994,7 +1012,11 @@ impl Machine {
             };
             let resend = self.outbox.len();
             self.transition(
-                State::Running { since: now, link },
+                State::Running {
+                    since: now,
+                    link,
+                    progress: false,
+                },
                 &format!("authenticated; {resend} status update(s) to send"),
                 out,
             );
@@ -1031,6 +1053,7 @@ impl Machine {
             }));
             return;
         };
+        self.made_progress();
         let already_stored = response.has_error(error_type::INTEGRITY_ERROR) && pending.sends > 1;
         let JobStatusUpdate { uuid, status, .. } = pending.update;
         if response.is_success() || already_stored {
@@ -1054,6 +1077,18 @@ impl Machine {
 
     fn on_job(&mut self, job: Arc<JobRequest>, out: &mut Vec<Action>) {
         let uuid = job.uuid().to_owned();
+        self.made_progress();
+        if self.jobs.contains(&uuid) {
+            self.counters.jobs_duplicate += 1;
+            out.push(Action::Emit(Event::Ignored {
+                what: format!("job {uuid} is already running"),
+            }));
+            return;
+        }
+        if !self.outbox.has_room() {
+            self.unanswered(uuid, out);
+            return;
+        }
         if matches!(self.state, State::Draining { .. }) {
             self.counters.jobs_rejected_busy += 1;
             self.reject(
@@ -1064,11 +1099,18 @@ impl Machine {
             );
             return;
         }
-        if self.jobs.contains(&uuid) {
-            self.counters.jobs_duplicate += 1;
-            out.push(Action::Emit(Event::Ignored {
-                what: format!("job {uuid} is already running"),
-            }));
+        // Before the signature check: a flood beyond the bound must cost no more than its answer.
+        if self.jobs.len() >= self.config.max_running_jobs {
+            self.counters.jobs_rejected_full += 1;
+            self.reject(
+                uuid,
+                JobRejectionReason::Busy,
+                format!(
+                    "The validator is running its maximum number of jobs ({})",
+                    self.config.max_running_jobs
+                ),
+                out,
+            );
             return;
         }
         if let Err(problem) = self.signers.check(&job) {
@@ -1089,6 +1131,20 @@ impl Machine {
         self.pump(out);
     }
 
+    /// A job request that cannot even be answered: the outbox is full. Counted; the facilitator's own timeout
+    /// fails the job. Memory stays bounded whatever the facilitator pushes.
+    fn unanswered(&mut self, uuid: String, out: &mut Vec<Action>) {
+        self.counters.jobs_unanswered += 1;
+        out.push(Action::Emit(Event::JobUnanswered { uuid }));
+    }
+
+    /// Marks the current connection as productive (see `State::Running::progress`).
+    fn made_progress(&mut self) {
+        if let State::Running { progress, .. } = &mut self.state {
+            *progress = true;
+        }
+    }
+
     fn reject(
         &mut self,
         uuid: String,
@@ -1096,7 +1152,8 @@ impl Machine {
         message: String,
         out: &mut Vec<Action>,
     ) {
-        self.enqueue(JobStatusUpdate::rejected(
+        self.counters.statuses_accepted += 1;
+        self.outbox.push_refusal(JobStatusUpdate::rejected(
             uuid.clone(),
             reason,
             message.clone(),
@@ -1138,10 +1195,14 @@ impl Machine {
             State::Draining { phase, .. } => !matches!(phase, DrainPhase::Closing { .. }),
             _ => false,
         };
-        if !sending {
-            return;
+        if sending {
+            self.send_queued(self.config.max_in_flight, out);
         }
-        while let Some(pending) = self.outbox.send_next(self.config.max_in_flight) {
+    }
+
+    /// Sends queued statuses while fewer than `window` are in flight.
+    fn send_queued(&mut self, window: usize, out: &mut Vec<Action>) {
+        while let Some(pending) = self.outbox.send_next(window) {
             self.counters.statuses_sent += 1;
             if pending.sends > 1 {
                 self.counters.statuses_resent += 1;
@@ -1197,18 +1258,23 @@ impl Machine {
             DrainPhase::Cancelling { close_by, .. } => close_by,
             DrainPhase::Closing { .. } => return,
         };
-        if self.jobs.is_empty() && self.outbox.is_empty() {
+        // Answers to job requests refused during the drain (`busy`) never hold it open: they go out before the
+        // Close frame, and are delivered if their Responses arrive before the close reply.
+        if self.jobs.is_empty() && self.outbox.accepted_jobs_len() == 0 {
             self.begin_close(close_by, out);
         }
     }
 
     fn begin_close(&mut self, deadline: Instant, out: &mut Vec<Action>) {
-        // 1000 when everything was delivered, 1001 ("going away") when something is left.
-        let code = if self.outbox.is_empty() && self.jobs.is_empty() {
+        // 1000 when every status of an accepted job was delivered, 1001 ("going away") when something is left.
+        let code = if self.outbox.accepted_jobs_len() == 0 && self.jobs.is_empty() {
             1000
         } else {
             1001
         };
+        // Everything still queued goes out before the Close frame, past the in-flight window (the outbox is
+        // bounded): the answers to job requests refused during the drain, and whatever a drain deadline left.
+        self.send_queued(usize::MAX, out);
         if let State::Draining { phase, .. } = &mut self.state {
             *phase = DrainPhase::Closing { deadline, code };
             out.push(Action::Close(code));
@@ -1220,14 +1286,7 @@ impl Machine {
             State::Draining {
                 phase: DrainPhase::Closing { code: 1000, .. },
                 ..
-            } if self.counters.jobs_cancelled == 0 => {
-                if self.outbox.is_empty() {
-                    StopReason::Graceful
-                } else {
-                    // Job requests that arrived after the close frame went out: their answers cannot be sent.
-                    StopReason::ClosedWithUndelivered
-                }
-            }
+            } if self.counters.jobs_cancelled == 0 => StopReason::Graceful,
             _ => StopReason::DrainTimedOut,
         }
     }
@@ -1259,12 +1318,17 @@ impl Machine {
         &mut self,
         now: Instant,
         since: Instant,
+        progress: bool,
         why: &str,
         at_cap: bool,
         out: &mut Vec<Action>,
     ) {
         self.counters.disconnects += 1;
-        if now.saturating_duration_since(since) >= self.config.backoff.stable_after {
+        // A connection that did useful work, or lived long enough, proves the facilitator works: the next attempt
+        // comes after the base delay, so a link that flaps while work flows costs one base delay per drop.
+        let productive =
+            progress || now.saturating_duration_since(since) >= self.config.backoff.stable_after;
+        if productive {
             self.backoff.reset();
         }
         let requeued = self.outbox.requeue_in_flight();
@@ -1274,8 +1338,13 @@ impl Machine {
             self.backoff.next_delay()
         };
         let why = format!(
-            "{why}; {requeued} unacknowledged status update(s) requeued; reconnecting in {:.1}s",
-            delay.as_secs_f64()
+            "{why}; {requeued} unacknowledged status update(s) requeued; reconnecting in {:.1}s{}",
+            delay.as_secs_f64(),
+            if productive && !at_cap {
+                " (the connection made progress: backoff at its first step)"
+            } else {
+                ""
+            }
         );
         self.transition(
             State::Disconnected {

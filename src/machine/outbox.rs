@@ -3,6 +3,10 @@
 //! Owns ordering. Statuses leave in the order they were accepted; on a disconnect the in-flight ones go back to
 //! the front, in order, so per-job order holds across reconnects. Nothing is ever dropped here: the outbox only
 //! says when it is full, and the machine turns that into backpressure.
+//!
+//! Each update knows whether it belongs to a job the client accepted (`received`, the handler's statuses, a
+//! cancelled job's `horde_failed`) or is an answer to a job request it refused (`rejected`): a drain waits for the
+//! first kind only, so a facilitator that keeps pushing jobs during a shutdown cannot hold it open.
 
 use std::collections::VecDeque;
 
@@ -15,6 +19,8 @@ pub struct Pending {
     pub update: JobStatusUpdate,
     /// How many times it has been written to a socket (0 while it has never left).
     pub sends: u32,
+    /// Whether it is a status of a job the client accepted (as opposed to the answer to a refused job request).
+    pub of_accepted_job: bool,
 }
 
 /// A bounded, ordered queue of status updates plus the FIFO of those in flight.
@@ -23,6 +29,8 @@ pub struct Outbox {
     queued: VecDeque<Pending>,
     in_flight: VecDeque<Pending>,
     capacity: usize,
+    /// Held updates (queued plus in flight) with `of_accepted_job` set.
+    accepted_jobs_held: usize,
 }
 
 impl Outbox {
@@ -32,12 +40,29 @@ impl Outbox {
             queued: VecDeque::new(),
             in_flight: VecDeque::new(),
             capacity: capacity.max(1),
+            accepted_jobs_held: 0,
         }
     }
 
-    /// Appends an update. Never refuses: the bound is enforced by producers waiting on [`Outbox::has_room`].
+    /// Appends a status of an accepted job. Never refuses: the bound is enforced by producers waiting on
+    /// [`Outbox::has_room`].
     pub fn push(&mut self, update: JobStatusUpdate) {
-        self.queued.push_back(Pending { update, sends: 0 });
+        self.accepted_jobs_held += 1;
+        self.queued.push_back(Pending {
+            update,
+            sends: 0,
+            of_accepted_job: true,
+        });
+    }
+
+    /// Appends the answer to a refused job request (`rejected`). The machine only does so while
+    /// [`Outbox::has_room`].
+    pub fn push_refusal(&mut self, update: JobStatusUpdate) {
+        self.queued.push_back(Pending {
+            update,
+            sends: 0,
+            of_accepted_job: false,
+        });
     }
 
     /// Whether a producer may add another update without going over capacity.
@@ -58,7 +83,11 @@ impl Outbox {
 
     /// Takes the oldest in-flight update: the one a Response answers.
     pub fn acknowledge(&mut self) -> Option<Pending> {
-        self.in_flight.pop_front()
+        let pending = self.in_flight.pop_front()?;
+        if pending.of_accepted_job {
+            self.accepted_jobs_held -= 1;
+        }
+        Some(pending)
     }
 
     /// Puts every in-flight update back at the front of the queue, in order (the connection was lost).
@@ -78,6 +107,11 @@ impl Outbox {
     /// Whether nothing is queued and nothing is in flight.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Statuses of accepted jobs held (queued plus in flight): what a drain waits for.
+    pub fn accepted_jobs_len(&self) -> usize {
+        self.accepted_jobs_held
     }
 
     /// Updates waiting to be sent.
@@ -147,5 +181,26 @@ mod tests {
         assert!(!outbox.has_room());
         outbox.push(update("b", JobStatus::Received));
         assert_eq!(outbox.len(), 3);
+    }
+
+    #[test]
+    fn counts_statuses_of_accepted_jobs_apart_from_refusals() {
+        let mut outbox = Outbox::new(10);
+        outbox.push(update("a", JobStatus::Received));
+        outbox.push_refusal(update("b", JobStatus::Rejected));
+        outbox.push(update("a", JobStatus::Completed));
+        assert_eq!((outbox.len(), outbox.accepted_jobs_len()), (3, 2));
+        assert!(outbox.send_next(10).is_some());
+        assert!(outbox.send_next(10).is_some());
+        assert_eq!(outbox.requeue_in_flight(), 2);
+        assert_eq!(outbox.accepted_jobs_len(), 2);
+        for _ in 0..3 {
+            assert!(outbox.send_next(10).is_some());
+        }
+        assert!(outbox.acknowledge().is_some_and(|p| p.of_accepted_job));
+        assert!(outbox.acknowledge().is_some_and(|p| !p.of_accepted_job));
+        assert_eq!(outbox.accepted_jobs_len(), 1);
+        assert!(outbox.acknowledge().is_some_and(|p| p.of_accepted_job));
+        assert_eq!(outbox.accepted_jobs_len(), 0);
     }
 }

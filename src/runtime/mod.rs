@@ -32,8 +32,8 @@ use crate::machine::{self, Action, Event, Input, Machine, StopReason};
 use crate::protocol::keys::Hotkey;
 use crate::protocol::signature::TrustedSignerError;
 use crate::protocol::{
-    DecodeError, HordeFailureReason, JobRequest, JobStatusUpdate, ServerMessage, TrustedSigners,
-    decode_server_frame, signature,
+    DecodeError, HordeFailureReason, JobRejectionReason, JobRequest, JobStatusUpdate,
+    ServerMessage, TrustedSigners, decode_server_frame, signature,
 };
 
 pub use metrics::{Metrics, MetricsHandle};
@@ -218,6 +218,8 @@ struct Loop {
     read_ahead: VecDeque<Input>,
     /// The socket events of one read, before they become inputs (kept to reuse its allocation).
     batch: Vec<transport::SocketEvent>,
+    /// Repeated warnings a flood could cause, one line per kind per interval.
+    warnings: WarnLimiter,
 }
 
 /// At most this many socket events are read in one go. Their job requests' signatures are verified in one batch,
@@ -271,6 +273,7 @@ impl Loop {
             ping_sent_at: None,
             read_ahead: VecDeque::new(),
             batch: Vec::new(),
+            warnings: WarnLimiter::default(),
         }
     }
 
@@ -523,7 +526,7 @@ impl Loop {
                     self.jobs.abort_all();
                 }
                 Action::Emit(event) => {
-                    log_event(&event);
+                    log_event(&event, &mut self.warnings, now);
                     let _ = self.client.events.send(event);
                 }
                 Action::Stop(reason) => stopped = Some(reason),
@@ -535,6 +538,7 @@ impl Loop {
 
     async fn finish(mut self, reason: StopReason) -> Outcome {
         self.socket.abort();
+        self.warnings.flush();
         // Cancel what still runs and wait for it, so no handler process outlives the client.
         self.jobs.shutdown().await;
         // Statuses handlers sent that the loop never took: hand them to the machine, which keeps them as
@@ -594,7 +598,56 @@ fn message_name(message: &crate::protocol::ServerMessage) -> &'static str {
     }
 }
 
-fn log_event(event: &Event) {
+/// At most one line per kind of repeated warning per interval; the lines held back are counted and reported with
+/// the next one, or at the end.
+#[derive(Debug, Default)]
+struct WarnLimiter {
+    kinds: Vec<(&'static str, Instant, u64)>,
+}
+
+impl WarnLimiter {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// Whether to log a warning of `kind` now; `Some(n)`: yes, and `n` like it were held back since the last one.
+    fn check(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+        match self.kinds.iter_mut().find(|(k, ..)| *k == kind) {
+            None => {
+                self.kinds.push((kind, now, 0));
+                Some(0)
+            }
+            Some((_, last, held)) if now.duration_since(*last) >= Self::INTERVAL => {
+                *last = now;
+                Some(std::mem::take(held))
+            }
+            Some((_, _, held)) => {
+                *held += 1;
+                None
+            }
+        }
+    }
+
+    /// Reports what is still held back.
+    fn flush(&mut self) {
+        for (kind, _, held) in self.kinds.iter_mut() {
+            if *held > 0 {
+                warn!("{held} more warning(s) of this kind held back: {kind}");
+                *held = 0;
+            }
+        }
+    }
+}
+
+fn log_event(event: &Event, warnings: &mut WarnLimiter, now: Instant) {
+    let held = |n: u64| {
+        if n == 0 {
+            String::new()
+        } else {
+            format!(
+                " ({n} more like it in the last {}s)",
+                WarnLimiter::INTERVAL.as_secs()
+            )
+        }
+    };
     match event {
         Event::StateChanged { from, to, reason } => info!("{from} -> {to} ({reason})"),
         Event::JobAccepted { uuid } => info!("job {uuid} accepted"),
@@ -602,7 +655,16 @@ fn log_event(event: &Event) {
             uuid,
             reason,
             message,
-        } => warn!("job {uuid} rejected ({reason}): {message}"),
+        } => {
+            let kind = match reason {
+                JobRejectionReason::Busy => "job requests rejected (busy)",
+                JobRejectionReason::InvalidSignature => "job requests rejected (invalid_signature)",
+                _ => "job requests rejected (invalid)",
+            };
+            if let Some(n) = warnings.check(kind, now) {
+                warn!("job {uuid} rejected ({reason}): {message}{}", held(n))
+            }
+        }
         Event::StatusDelivered {
             uuid,
             status,
@@ -633,7 +695,20 @@ fn log_event(event: &Event) {
         } => warn!(
             "drain deadline passed: {jobs_cancelled} job(s) cancelled, {unacknowledged} status update(s) unacknowledged"
         ),
-        Event::Ignored { what } => warn!("ignored {what}"),
+        Event::JobUnanswered { uuid } => {
+            const KIND: &str = "job requests not answered: the outbox is full";
+            if let Some(n) = warnings.check(KIND, now) {
+                warn!(
+                    "job {uuid} not answered: the outbox is full (the facilitator's timeout will fail it){}",
+                    held(n)
+                )
+            }
+        }
+        Event::Ignored { what } => {
+            if let Some(n) = warnings.check("frames ignored", now) {
+                warn!("ignored {what}{}", held(n))
+            }
+        }
     }
 }
 
