@@ -221,6 +221,11 @@ pub fn plan(options: RunOptions) -> Result<RunPlan, CliError> {
     };
     config.handle_signals = true;
     if let Some(size) = file.max_message_size {
+        if size < 1024 {
+            return Err(usage(format!(
+                "max_message_size must be at least 1024 bytes (a job request is about 1 KiB), not {size}"
+            )));
+        }
         config.limits.max_message_size = size;
         config.limits.max_frame_size = size;
     }

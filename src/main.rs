@@ -1,5 +1,5 @@
 //! The `facilitator-client` program: `run` (the client), `serve` (the reference facilitator alone) and `demo`
-//! (both on loopback). The command line is a contract other tools rely on (ARCHITECTURE.md): flags, the
+//! (both on loopback). The command line is a contract other tools rely on (docs/CLI.md): flags, the
 //! `FACILITATOR_HOTKEY_SEED` variable, and the exit codes 0 (graceful stop), 130 (forced stop), 1 (fatal error at
 //! run time) and 2 (usage or configuration error).
 

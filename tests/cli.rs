@@ -262,7 +262,8 @@ fn job_script(dir: &std::path::Path) -> PathBuf {
     let script = dir.join("job.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\ncat > \"$JOB_DIR/$JOB_UUID.json\"\necho '{\"status\":\"accepted\"}'\necho \"working on $JOB_UUID\"\n\
+        "#!/bin/sh\ncat > \"$JOB_DIR/$JOB_UUID.json\"\nenv > \"$JOB_DIR/$JOB_UUID.env\"\n\
+         echo '{\"status\":\"accepted\"}'\necho \"working on $JOB_UUID\"\n\
          echo '{\"status\":\"executor_ready\"}'\nexit 0\n",
     )
     .unwrap();
@@ -328,6 +329,14 @@ fn run_processes_jobs_through_an_exec_script_and_exits_zero_on_sigint() {
         assert!(
             request.verify_signature().is_ok(),
             "the text on stdin still verifies"
+        );
+        // Job commands run other people's work: the hotkey seed must not reach them.
+        let env = std::fs::read_to_string(dir.path().join(format!("{}.env", job.uuid))).unwrap();
+        assert!(env.contains(&format!("JOB_UUID={}", job.uuid)), "{env}");
+        assert!(!env.contains("FACILITATOR_HOTKEY_SEED"), "{env}");
+        assert!(
+            !env.contains(&SEED[2..]),
+            "the seed is in a job's environment"
         );
     }
     sigint(&child);

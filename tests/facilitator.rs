@@ -1,5 +1,5 @@
 //! The reference facilitator over real loopback sockets, driven by a raw tokio-tungstenite client: it must behave
-//! like the real facilitator of PROTOCOL.md (auth, status store, parse errors, crashes, close codes), push verifiable
+//! like the real facilitator of docs/PROTOCOL.md (auth, status store, parse errors, crashes, close codes), push verifiable
 //! jobs, inject its faults, and record what happened.
 //!
 //! No sleeps as synchronization: tests await frames or `wait_for` conditions; timeouts only guard against hangs

@@ -1,5 +1,5 @@
 //! Decoding of server frames: which message a frame is, and the typed error that says what is wrong when it is
-//! none (PROTOCOL.md 4.1-4.4).
+//! none (docs/PROTOCOL.md 4.1-4.4).
 
 use facilitator_client::protocol::testing::{
     TEST_SIGNER_SS58, signed_job_text, test_signer, unsigned_job_text,

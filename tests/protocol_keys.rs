@@ -87,7 +87,7 @@ fn a_wallet_file_with_a_good_secret_seed_loads() {
 
 #[test]
 fn a_garbled_secret_seed_falls_back_to_the_private_key() {
-    // bittensor-wallet 4.1.1 writes a garbled secretSeed for seed-created keys (PROTOCOL.md 7.1).
+    // bittensor-wallet 4.1.1 writes a garbled secretSeed for seed-created keys (docs/PROTOCOL.md 7.1).
     let file = json!({"secretSeed": "b'\\x00\\x01'", "privateKey": format!("0x{EXPANDED}"), "ss58Address": ADDRESS});
     assert_eq!(load(&file.to_string()).expect("loads").ss58(), ADDRESS);
 }

@@ -569,7 +569,7 @@ proptest! {
         let mut relabelled = fields;
         relabelled.uuid.push('x');
         let job = facilitator_client::protocol::JobRequest::from_fields(relabelled);
-        prop_assert_eq!(trusted.check(&job), Ok(()), "uuid is not signed (PROTOCOL.md 9.2)");
+        prop_assert_eq!(trusted.check(&job), Ok(()), "uuid is not signed (docs/PROTOCOL.md 9.2)");
     }
 
     #[test]

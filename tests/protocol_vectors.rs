@@ -1,5 +1,5 @@
 //! The protocol module against every test vector made with the real ComputeHorde library (`tests/data/*.json`,
-//! described in `shared/protocol/vectors/README.md`).
+//! described in docs/PROTOCOL.md section 14).
 
 use std::path::PathBuf;
 
@@ -713,7 +713,7 @@ fn cheat_reports_parse_and_verify_exactly_as_the_reference_validator() {
 
 #[test]
 fn the_sdk_signed_cheat_report_is_signed_over_the_double_encoded_body() {
-    // Documents why real reports never verify (PROTOCOL.md 10): the SDK's payload is the validator's quoted again.
+    // Documents why real reports never verify (docs/PROTOCOL.md 10): the SDK's payload is the validator's quoted again.
     let data = vectors("cheated");
     let case = list(&data, "cases")
         .iter()

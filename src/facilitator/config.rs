@@ -41,7 +41,7 @@ impl Default for FacilitatorConfig {
     }
 }
 
-/// The facilitator's list of active validators (PROTOCOL.md 8.2 step 3).
+/// The facilitator's list of active validators (docs/PROTOCOL.md 8.2 step 3).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Validators {
     /// Every hotkey whose auth signature verifies.
@@ -187,7 +187,7 @@ pub struct RejectAuth {
     pub attempts: Times,
 }
 
-/// An authentication error of the server's catalogue (PROTOCOL.md 5.2), with its close code.
+/// An authentication error of the server's catalogue (docs/PROTOCOL.md 5.2), with its close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthRejection {
     /// `auth.signature_invalid`, close 3000.

@@ -2,7 +2,7 @@
 //! task per connection that reads frames, lets [`State`](super::state::State) decide, and writes the answers.
 //!
 //! A connection task handles its frames and the frames pushed to it strictly one at a time, in order, as the real
-//! server does (PROTOCOL.md 1), so Responses come back in the order of the messages that caused them. Every await
+//! server does (docs/PROTOCOL.md 1), so Responses come back in the order of the messages that caused them. Every await
 //! is raced against the connection's kill switch, so `drop_all_connections` ends a connection at once even when its
 //! client stopped reading. Never panics on client input.
 
@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::records::{ConnectionEnd, ConnectionId};
 use super::state::{After, Command, ConnectionFaults, Decision, Outgoing, Shared};
 
-/// The only route (PROTOCOL.md 1).
+/// The only route (docs/PROTOCOL.md 1).
 pub(crate) const PATH: &str = "/ws/v0/";
 
 /// A client that has not finished its WebSocket handshake by then is dropped.

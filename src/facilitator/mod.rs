@@ -1,7 +1,7 @@
 //! The reference facilitator: a WebSocket server on loopback that behaves like the real ComputeHorde facilitator
-//! as `PROTOCOL.md` describes it, for the integration tests, the `serve` subcommand and the demo.
+//! as `docs/PROTOCOL.md` describes it, for the integration tests, the `serve` subcommand and the demo.
 //!
-//! What it does, by section of PROTOCOL.md:
+//! What it does, by section of docs/PROTOCOL.md:
 //! - 1: route `/ws/v0/` only (other paths: 404 in the handshake); the `X-Validator-*` headers are recorded; every
 //!   connection handles its frames and pushed jobs one at a time, so Responses come back in order.
 //! - 3.0, 5.3: frames are decoded with the server's rules ([`ClientMessage::from_json`](crate::protocol::ClientMessage));
@@ -212,7 +212,7 @@ impl ReferenceFacilitator {
     }
 
     /// Pushes a `V0JobCheated` signed by the configured signer over the validator's payload (so it verifies at the
-    /// client, unlike real SDK-signed reports; PROTOCOL.md 10).
+    /// client, unlike real SDK-signed reports; docs/PROTOCOL.md 10).
     pub fn push_cheated(&self, job_uuid: &str, trusted_job_uuid: &str, details: Value) {
         self.shared
             .push_cheated(job_uuid, trusted_job_uuid, details);

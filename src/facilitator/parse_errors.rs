@@ -1,4 +1,4 @@
-//! The error `Response` the facilitator sends for a frame it cannot parse (PROTOCOL.md 3.0 and 5.3): one error per
+//! The error `Response` the facilitator sends for a frame it cannot parse (docs/PROTOCOL.md 3.0 and 5.3): one error per
 //! problem, shaped like pydantic's (`msg`, `type`, `help` `""`, `loc`, `input`, optional `ctx`, `url`).
 //!
 //! Whether a frame parses is decided elsewhere, by the crate's decoder with the server's rules
@@ -451,7 +451,7 @@ mod tests {
 
     #[test]
     fn shapes_match_the_servers_vectors() {
-        // Texts from vectors/responses.json; only the JSON syntax message differs (serde_json vs jiter).
+        // Texts from tests/data/responses.json; only the JSON syntax message differs (serde_json vs jiter).
         let cases = [
             (
                 "[]",

@@ -220,7 +220,7 @@ pub enum ConnectionEnd {
     /// The facilitator sent a close frame (auth rejection, a close fault or `close_all_connections`).
     ServerClosed,
     /// The facilitator dropped the TCP connection without a close frame, as the real one does when its handler
-    /// crashes (PROTOCOL.md 5.4). The text says why.
+    /// crashes (docs/PROTOCOL.md 5.4). The text says why.
     Crashed(String),
     /// Dropped without a close frame by a drop fault or `drop_all_connections`.
     Dropped,
@@ -285,7 +285,7 @@ pub struct AuthRecord {
     pub outcome: AuthOutcome,
 }
 
-/// What came of an authentication attempt (PROTOCOL.md 8.2).
+/// What came of an authentication attempt (docs/PROTOCOL.md 8.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {
     /// Success, as this SS58 address.
@@ -323,7 +323,7 @@ pub struct StatusUpdateRecord {
     pub outcome: StatusOutcome,
 }
 
-/// What came of a status update (PROTOCOL.md 3.3).
+/// What came of a status update (docs/PROTOCOL.md 3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusOutcome {
     /// Stored; success Response.

@@ -1,4 +1,4 @@
-//! The facilitator's state and what it does with each client message (PROTOCOL.md 3, 5, 8.2): authentication,
+//! The facilitator's state and what it does with each client message (docs/PROTOCOL.md 3, 5, 8.2): authentication,
 //! the job store with its `(job, status)` uniqueness, the queue of frames waiting for a validator, the fault
 //! budgets, and the records.
 //!

@@ -1,6 +1,6 @@
 //! Job UUIDs: the ones the reference facilitator makes (random-looking version-4 UUIDs derived from a seeded
 //! counter, so runs are reproducible) and the reading of a client's `uuid` the way the real facilitator's database
-//! lookup does it (Python's `uuid.UUID(hex=...)`, PROTOCOL.md 3.3 step 2).
+//! lookup does it (Python's `uuid.UUID(hex=...)`, docs/PROTOCOL.md 3.3 step 2).
 //!
 //! Pure functions; never panics on any input.
 

@@ -118,6 +118,8 @@ impl ExecHandler {
             .arg("-c")
             .arg(&self.command)
             .env("JOB_UUID", uuid)
+            // Jobs run other people's work: the validator's secrets stay with the client.
+            .env_remove(crate::protocol::keys::SEED_ENV_VAR)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

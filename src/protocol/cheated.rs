@@ -1,4 +1,4 @@
-//! `V0JobCheated` (PROTOCOL.md 4.3 and 10): a user's report that a miner cheated on a job.
+//! `V0JobCheated` (docs/PROTOCOL.md 4.3 and 10): a user's report that a miner cheated on a job.
 //!
 //! Owns the report's parse rules (unknown keys rejected, `details` required but may be null), its wire text, and the
 //! payload its signature is checked against: `json.dumps({job_uuid, trusted_job_uuid, details}, sort_keys=True)`,

@@ -1,4 +1,4 @@
-//! The protocol's enumerations (PROTOCOL.md section 12).
+//! The protocol's enumerations (docs/PROTOCOL.md section 12).
 //!
 //! Most of them are *lenient*: an unknown value (any string, wrong case, a number, `null`) decodes to `Unknown`
 //! instead of failing, exactly as the facilitator's pydantic models do. `ExecutorClass` is strict: an unknown class

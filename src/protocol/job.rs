@@ -1,4 +1,4 @@
-//! `V2JobRequest` (PROTOCOL.md 4.2): the typed job, its validation as the reference validator parses it, its wire
+//! `V2JobRequest` (docs/PROTOCOL.md 4.2): the typed job, its validation as the reference validator parses it, its wire
 //! text in the facilitator's format, and the SignedFields object its signature covers (9.2, 9.3).
 //!
 //! Owns: which keys a job request has, their types and defaults, the volume and upload variants, the

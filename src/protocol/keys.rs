@@ -1,4 +1,4 @@
-//! sr25519 hotkeys, SS58 addresses and the authentication request (PROTOCOL.md sections 7 and 8).
+//! sr25519 hotkeys, SS58 addresses and the authentication request (docs/PROTOCOL.md sections 7 and 8).
 //!
 //! Owns: deriving a keypair from a 32-byte seed exactly as bittensor/substrate do, loading a hotkey from a bittensor
 //! wallet file or from `FACILITATOR_HOTKEY_SEED`, SS58 encoding/decoding, sr25519 signing and verification (with

@@ -1,4 +1,4 @@
-//! Messages from the validator to the facilitator (PROTOCOL.md section 3) and the facilitator's `Response`
+//! Messages from the validator to the facilitator (docs/PROTOCOL.md section 3) and the facilitator's `Response`
 //! (section 4.1).
 //!
 //! Encoding follows the reference validator byte for byte: compact JSON, keys in declaration order, every declared
@@ -126,7 +126,7 @@ pub struct MachineSpecsUpdate {
     pub miner_hotkey: String,
     /// SS58 address of the validator (not compared with the authenticated hotkey by the server).
     pub validator_hotkey: String,
-    /// The hardware specs: any JSON object (see `vectors/misc.json` for the schema the server expects).
+    /// The hardware specs: any JSON object (see `tests/data/misc.json` for the schema the server expects).
     pub specs: Map<String, Value>,
     /// Identifies one round of specs.
     pub batch_id: String,
@@ -135,7 +135,7 @@ pub struct MachineSpecsUpdate {
 /// `V0JobStatusUpdate`.
 ///
 /// `metadata` is always encoded as an object with every key present: the real facilitator crashes on
-/// `completed`/`streaming_ready` with null metadata (PROTOCOL.md 5.4). A received `null` decodes to the empty
+/// `completed`/`streaming_ready` with null metadata (docs/PROTOCOL.md 5.4). A received `null` decodes to the empty
 /// metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! The ComputeHorde facilitator protocol (`PROTOCOL.md`): message types, their byte-exact encoding, decoding of
+//! The ComputeHorde facilitator protocol (`docs/PROTOCOL.md`): message types, their byte-exact encoding, decoding of
 //! server frames, hotkeys, authentication and job signatures.
 //!
 //! Pure: no I/O except reading a hotkey file on request, no clock, no tokio; builds with `--no-default-features`.

@@ -2,7 +2,7 @@
 //! ASCII-only output (`\uXXXX` escapes with lowercase hex, surrogate pairs above U+FFFF) and Python's float
 //! formatting (`1e-05`, `1e+16`, `100.0`).
 //!
-//! The facilitator sends job requests and cheat reports in this form (PROTOCOL.md 4.2, 4.3), job signatures hash a
+//! The facilitator sends job requests and cheat reports in this form (docs/PROTOCOL.md 4.2, 4.3), job signatures hash a
 //! string encoded this way (9.4), and cheat-report signatures hash an object encoded this way with sorted keys (10).
 //! This module only formats; it never parses and never decides which keys a message has.
 //!

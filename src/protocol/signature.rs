@@ -1,4 +1,4 @@
-//! Job signatures (PROTOCOL.md sections 9 and 10): the `signature` object of server messages, the signed payload
+//! Job signatures (docs/PROTOCOL.md sections 9 and 10): the `signature` object of server messages, the signed payload
 //! and its hash, verification byte-for-byte as the reference validator does it, the trust policy (9.8), and signing
 //! (for the reference facilitator and tests).
 //!

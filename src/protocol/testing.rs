@@ -1,7 +1,7 @@
 //! Ready-made signed messages for tests and the reference facilitator. Public (not `cfg(test)`) because integration
 //! tests, the reference facilitator and the state machine's tests all use it.
 //!
-//! The keys here are the public test keys of `vectors/`: never use them for anything real. Nothing in the client's
+//! The keys here are the public test keys of `tests/data/` (the protocol's test vectors): never use them for anything real. Nothing in the client's
 //! own path may depend on this module.
 
 use super::enums::ExecutorClass;
