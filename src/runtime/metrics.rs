@@ -27,6 +27,24 @@ pub struct Metrics {
     pub messages_out: BTreeMap<&'static str, u64>,
     /// Time from the last WebSocket Ping to its Pong.
     pub last_round_trip: Option<Duration>,
+    /// The most each buffer that grows with what the facilitator sends has held: the evidence that every one of
+    /// them is bounded, whatever is pushed.
+    pub peaks: Peaks,
+}
+
+/// High-water marks of the buffers that grow with what the peer sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peaks {
+    /// Jobs running at once (bounded by `max_running_jobs`).
+    pub running_jobs: usize,
+    /// Status updates held, queued plus in flight (bounded by `outbox_capacity + max_running_jobs`).
+    pub outbox: usize,
+    /// Status updates in flight (bounded by `max_in_flight`, past it only in the close).
+    pub in_flight: usize,
+    /// Decoded frames read ahead of the machine (bounded by the read batch).
+    pub read_ahead: usize,
+    /// Messages queued for the socket and not yet handed to the WebSocket layer.
+    pub socket_backlog: usize,
 }
 
 impl Default for Metrics {
@@ -40,6 +58,7 @@ impl Default for Metrics {
             messages_in: BTreeMap::new(),
             messages_out: BTreeMap::new(),
             last_round_trip: None,
+            peaks: Peaks::default(),
         }
     }
 }
@@ -63,13 +82,21 @@ impl MetricsHandle {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn update(&self, machine: &Machine) {
+    /// Copies the machine's view, and what the loop holds per connection: frames read ahead of the machine and
+    /// messages waiting for the socket.
+    pub(crate) fn update(&self, machine: &Machine, read_ahead: usize, socket_backlog: usize) {
         let mut m = self.lock();
         m.state = machine.state().kind();
         m.counters.clone_from(machine.counters());
         m.outbox_queued = machine.outbox().queued_len();
         m.in_flight = machine.outbox().in_flight_len();
         m.running_jobs = machine.running_job_count();
+        let p = &mut m.peaks;
+        p.running_jobs = p.running_jobs.max(machine.running_job_count());
+        p.outbox = p.outbox.max(machine.outbox().len());
+        p.in_flight = p.in_flight.max(machine.outbox().in_flight_len());
+        p.read_ahead = p.read_ahead.max(read_ahead);
+        p.socket_backlog = p.socket_backlog.max(socket_backlog);
     }
 
     pub(crate) fn count_in(&self, kind: &'static str) {

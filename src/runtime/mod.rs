@@ -36,7 +36,7 @@ use crate::protocol::{
     ServerMessage, TrustedSigners, decode_server_frame, signature,
 };
 
-pub use metrics::{Metrics, MetricsHandle};
+pub use metrics::{Metrics, MetricsHandle, Peaks};
 pub use transport::{Endpoint, TransportLimits, UrlError};
 
 /// Everything the client needs to know besides the hotkey and the handler.
@@ -532,7 +532,9 @@ impl Loop {
                 Action::Stop(reason) => stopped = Some(reason),
             }
         }
-        self.client.metrics.update(&self.machine);
+        self.client
+            .metrics
+            .update(&self.machine, self.read_ahead.len(), self.socket.backlog());
         stopped
     }
 
@@ -549,7 +551,7 @@ impl Loop {
                 let _ = self.machine.step(Input::Status(update), now.into_std());
             }
         }
-        self.client.metrics.update(&self.machine);
+        self.client.metrics.update(&self.machine, 0, 0);
         let undelivered: Vec<JobStatusUpdate> = self.machine.undelivered().cloned().collect();
         let stop_latency = self.stop_requested_at.map(|at| now - at);
         let level = if reason.exit_code() == 0 {
