@@ -32,13 +32,13 @@ mod bench {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
-    use facilitator_client::facilitator::{FacilitatorConfig, JobPlan, ReferenceFacilitator};
     use facilitator_client::machine::{self, Input, Machine};
     use facilitator_client::protocol::keys::{Hotkey, SEED_ENV_VAR};
     use facilitator_client::protocol::{
         ClientMessage, JobRequest, JobStatus, JobStatusUpdate, Response, ServerMessage,
-        TrustedSigners, decode_server_frame, signature, testing,
+        TrustedSigners, decode_server_frame, testing,
     };
+    use facilitator_client::reference::{FacilitatorConfig, JobPlan, ReferenceFacilitator};
     use futures_util::{FutureExt, SinkExt, StreamExt};
     use tokio::net::TcpListener;
     use tokio::sync::{mpsc, oneshot};
@@ -411,17 +411,18 @@ mod bench {
             format!("{:.2} us", payload / 1e3),
             "",
         );
+        let signers = self::signers();
         for batch in [4, 16, 64] {
             let reps = 2048 / batch;
             let mut samples: Vec<f64> = (0..5)
                 .map(|_| {
-                    // Fresh jobs: a batch marks its jobs verified, and marked jobs are skipped.
                     let batches: Vec<Vec<Arc<JobRequest>>> = (0..reps)
                         .map(|_| (0..batch).map(test_job).collect())
                         .collect();
                     let start = Instant::now();
                     for jobs in &batches {
-                        assert!(signature::verify_batch(jobs));
+                        let verdicts = signers.check_all(jobs.iter().map(|job| &**job));
+                        assert!(verdicts.iter().all(Result::is_ok));
                     }
                     start.elapsed().as_nanos() as f64 / (reps * batch) as f64
                 })
@@ -429,7 +430,7 @@ mod bench {
             report.add(
                 format!("batch verification of {batch} jobs, per job"),
                 format!("{:.1} us", median(&mut samples) / 1e3),
-                "signature::verify_batch (payloads, BLAKE2b, schnorrkel verify_batch), median of 5",
+                "TrustedSigners::check_all (payloads, BLAKE2b, schnorrkel verify_batch), median of 5",
             );
         }
         check
@@ -512,10 +513,11 @@ mod bench {
         let signers = signers();
         if batch > 1 {
             for chunk in jobs.chunks(batch) {
-                assert!(signature::verify_batch(chunk));
+                let verdicts =
+                    signers.check_all(chunk.iter().map(|job| std::hint::black_box(&**job)));
+                assert!(verdicts.iter().all(Result::is_ok));
             }
-        }
-        if batch > 0 {
+        } else if batch > 0 {
             for job in &jobs {
                 assert!(signers.check(std::hint::black_box(job)).is_ok());
             }

@@ -1,15 +1,24 @@
 //! facilitator-client: the ComputeHorde validator's client for the facilitator.
 
-#[cfg(feature = "runtime")]
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
-#[cfg(feature = "runtime")]
-pub mod demo;
-#[cfg(feature = "runtime")]
-pub mod facilitator;
 #[cfg(feature = "runtime")]
 pub mod handler;
 pub mod machine;
 pub mod protocol;
+#[cfg(feature = "reference")]
+pub mod reference;
 #[cfg(feature = "runtime")]
-pub mod runtime;
+mod runtime;
+#[cfg(feature = "test-support")]
 pub mod sim;
+
+#[cfg(feature = "runtime")]
+pub use runtime::{
+    Client, ClientConfig, ConfigError, Metrics, MetricsHandle, Outcome, Peaks, ShutdownHandle,
+    TransportLimits, UrlError,
+};

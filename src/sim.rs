@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::machine::{Action, BackoffConfig, Config, Event, Input, Machine};
+use crate::machine::{Action, BackoffConfig, Config, Event, Incoming, Input, Machine};
 use crate::protocol::keys::Hotkey;
 use crate::protocol::{
     ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage,
@@ -41,6 +41,14 @@ pub enum SimEvent {
     },
     /// The facilitator pushes a job request.
     PushJob(JobKind),
+    /// The facilitator pushes several job requests that the client reads at once (one [`Input::Frames`]): `count`
+    /// picks how many (2 to 6), each bit of `kinds` makes one of them untrusted or forged instead of valid.
+    Burst {
+        /// How many (2 + count % 5).
+        count: u8,
+        /// Which are untrusted (odd positions) or forged (even positions).
+        kinds: u8,
+    },
     /// The facilitator sends something odd.
     Noise(NoiseKind),
     /// A Pong arrives.
@@ -87,6 +95,8 @@ pub enum JobKind {
     Valid,
     /// Signed by a key the client does not trust.
     Untrusted,
+    /// Signed by a trusted key, then changed: the signature does not verify.
+    Forged,
     /// Readable uuid, unknown executor class.
     Invalid,
     /// The uuid of a job already running.
@@ -168,6 +178,8 @@ pub struct Sim {
     running: Vec<String>,
     /// Every job ever dispatched.
     dispatched: HashSet<String>,
+    /// Jobs pushed with an untrusted or forged signature: dispatching one is a security failure.
+    must_not_run: HashSet<String>,
     /// The facilitator's stored (uuid, status) pairs.
     stored: HashSet<(String, JobStatus)>,
     /// Statuses sent on the current socket and not yet answered, as the facilitator sees them.
@@ -226,6 +238,7 @@ impl Sim {
             next_seq: 0,
             running: Vec::new(),
             dispatched: HashSet::new(),
+            must_not_run: HashSet::new(),
             stored: HashSet::new(),
             server_in_flight: VecDeque::new(),
             fed: Vec::new(),
@@ -364,27 +377,29 @@ impl Sim {
             }
             SimEvent::PushJob(kind) => {
                 if self.authed() {
-                    let frame = match kind {
-                        JobKind::Valid => self.job_frame(&self.job_template.clone(), None),
-                        JobKind::Untrusted => {
-                            self.job_frame(&self.untrusted_template.clone(), None)
+                    if let Some(frame) = self.job_input(kind) {
+                        self.step(frame)?;
+                    }
+                }
+            }
+            SimEvent::Burst { count, kinds } => {
+                if self.authed() {
+                    let mut frames = Vec::new();
+                    for i in 0..2 + count % 5 {
+                        let kind = match (kinds >> i & 1, i % 2) {
+                            (0, _) => JobKind::Valid,
+                            (_, 0) => JobKind::Forged,
+                            _ => JobKind::Untrusted,
+                        };
+                        match self.job_input(kind) {
+                            Some(Input::Frame(message)) => frames.push(Incoming::Message(message)),
+                            Some(Input::Undecodable(error)) => {
+                                frames.push(Incoming::Undecodable(error))
+                            }
+                            _ => {}
                         }
-                        JobKind::Invalid => {
-                            let text = self
-                                .job_template
-                                .replace("always_on.gpu-24gb", "no_such.class");
-                            // Undecodable: not progress.
-                            let frame = self.job_frame(&text, None);
-                            self.step(frame)?;
-                            return Ok(());
-                        }
-                        JobKind::Duplicate => match self.running.first().cloned() {
-                            Some(uuid) => self.job_frame(&self.job_template.clone(), Some(uuid)),
-                            None => return Ok(()),
-                        },
-                    };
-                    self.note_progress();
-                    self.step(frame)?;
+                    }
+                    self.step(Input::Frames(frames))?;
                 }
             }
             SimEvent::Noise(kind) => {
@@ -493,6 +508,40 @@ impl Sim {
         self.sent_on_socket.clear();
     }
 
+    /// The input for one job request of this kind; records which must never be dispatched, and progress.
+    fn job_input(&mut self, kind: JobKind) -> Option<Input> {
+        let input = match kind {
+            JobKind::Valid => self.job_frame(&self.job_template.clone(), None),
+            JobKind::Untrusted => self.job_frame(&self.untrusted_template.clone(), None),
+            JobKind::Forged => {
+                let text = self
+                    .job_template
+                    .replace("compute-horde-job-echo", "forged-image");
+                self.job_frame(&text, None)
+            }
+            JobKind::Invalid => {
+                let text = self
+                    .job_template
+                    .replace("always_on.gpu-24gb", "no_such.class");
+                // Undecodable: not progress.
+                return Some(self.job_frame(&text, None));
+            }
+            JobKind::Duplicate => {
+                let uuid = self.running.first().cloned()?;
+                self.job_frame(&self.job_template.clone(), Some(uuid))
+            }
+        };
+        if let (
+            JobKind::Untrusted | JobKind::Forged,
+            Input::Frame(ServerMessage::JobRequest(job)),
+        ) = (kind, &input)
+        {
+            self.must_not_run.insert(job.uuid().to_owned());
+        }
+        self.note_progress();
+        Some(input)
+    }
+
     fn job_frame(&mut self, template: &str, uuid: Option<String>) -> Input {
         let uuid = uuid.unwrap_or_else(|| {
             self.next_job += 1;
@@ -588,6 +637,11 @@ impl Sim {
                     ));
                 }
                 let uuid = job.uuid().to_owned();
+                if self.must_not_run.contains(&uuid) {
+                    return Err(format!(
+                        "job {uuid} dispatched although its signature is untrusted or forged"
+                    ));
+                }
                 if self.running.contains(&uuid) {
                     return Err(format!("job {uuid} dispatched twice while running"));
                 }

@@ -13,11 +13,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use facilitator_client::facilitator::{FacilitatorConfig, ReferenceFacilitator, StatusOutcome};
 use facilitator_client::machine::{StateKind, StopReason};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::{JobStatus, Response, testing};
-use facilitator_client::runtime::{Client, ClientConfig, Metrics};
+use facilitator_client::reference::{FacilitatorConfig, ReferenceFacilitator, StatusOutcome};
+use facilitator_client::{Client, ClientConfig, Metrics};
 use serde_json::{Map, Value, json};
 
 use support::proxy::{Proxy, server_frame};

@@ -1,14 +1,14 @@
-//! Batch verification of job signatures: `signature::verify_batch` only ever saves work. A batch that verifies
-//! marks its jobs so `TrustedSigners::check` skips the cryptographic step (trust is still checked); a batch with a
-//! bad signature marks nothing, and each job is then checked on its own with the outcome it always had. Over
-//! loopback: a burst of jobs with one forged signature in the middle gets exactly that one rejected.
+//! Batch verification of job signatures: `TrustedSigners::check_all` only ever saves work. It gives every job the
+//! verdict `TrustedSigners::check` gives it alone, whatever else is in the batch; a batch with a bad signature
+//! falls back to checking each job on its own. Over loopback: a burst of jobs with one forged signature in the
+//! middle (read in batches by the runtime, checked in batches by the machine) gets exactly that one rejected.
 
 use std::sync::Arc;
 
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::{
     JobRequest, JobRequestFields, JobSignatureError, ServerMessage, TrustedSigners,
-    decode_server_frame, signature, testing,
+    decode_server_frame, testing,
 };
 
 fn uuid(i: usize) -> String {
@@ -43,76 +43,95 @@ fn trusting_the_test_signer() -> TrustedSigners {
     TrustedSigners::new([0; 32], [testing::TEST_SIGNER_SS58]).expect("a valid SS58 address")
 }
 
-#[test]
-fn a_verified_batch_lets_every_job_pass_the_check() {
-    let jobs: Vec<_> = (0..16).map(|i| decode(&signed_fields(i))).collect();
-    assert!(signature::verify_batch(&jobs));
-    let signers = trusting_the_test_signer();
-    for job in &jobs {
-        assert_eq!(signers.check(job), Ok(()), "job {}", job.uuid());
-    }
-    // A second batch over the same (already verified) jobs has nothing left to do, and still says yes.
-    assert!(signature::verify_batch(&jobs));
+/// `check_all`'s verdicts, and each job's own `check`, side by side.
+fn verdicts(
+    signers: &TrustedSigners,
+    jobs: &[Arc<JobRequest>],
+) -> Vec<Result<(), JobSignatureError>> {
+    let batch = signers.check_all(jobs.iter().map(|job| &**job));
+    let one_by_one: Vec<_> = jobs.iter().map(|job| signers.check(job)).collect();
+    assert_eq!(
+        batch, one_by_one,
+        "the batch and one-by-one verdicts differ"
+    );
+    batch
 }
 
 #[test]
-fn a_batch_with_one_forged_signature_fails_and_each_job_keeps_its_own_verdict() {
+fn a_batch_of_good_signatures_passes() {
+    let jobs: Vec<_> = (0..16).map(|i| decode(&signed_fields(i))).collect();
+    assert!(
+        verdicts(&trusting_the_test_signer(), &jobs)
+            .iter()
+            .all(Result::is_ok)
+    );
+}
+
+#[test]
+fn a_batch_with_one_forged_signature_rejects_exactly_that_one() {
     let mut jobs: Vec<_> = (0..8).map(|i| decode(&signed_fields(i))).collect();
     jobs.insert(4, decode(&forged_fields(100)));
-    assert!(!signature::verify_batch(&jobs));
-    let signers = trusting_the_test_signer();
-    for (i, job) in jobs.iter().enumerate() {
+    for (i, verdict) in verdicts(&trusting_the_test_signer(), &jobs)
+        .into_iter()
+        .enumerate()
+    {
         let expected = if i == 4 {
             Err(JobSignatureError::Invalid)
         } else {
             Ok(())
         };
-        assert_eq!(signers.check(job), expected, "job {}", job.uuid());
+        assert_eq!(verdict, expected, "job {i}");
     }
 }
 
 #[test]
-fn a_batch_with_an_unsigned_job_fails() {
+fn a_batch_with_an_unsigned_job_gives_it_its_own_verdict() {
     let mut unsigned = signed_fields(1);
     unsigned.signature = None;
-    let jobs = vec![decode(&signed_fields(0)), decode(&unsigned)];
-    assert!(!signature::verify_batch(&jobs));
-    let signers = trusting_the_test_signer();
-    assert_eq!(signers.check(&jobs[0]), Ok(()));
-    assert_eq!(signers.check(&jobs[1]), Err(JobSignatureError::Missing));
-}
-
-#[test]
-fn a_verified_job_from_an_untrusted_signer_is_still_rejected() {
-    let jobs: Vec<_> = (0..4).map(|i| decode(&signed_fields(i))).collect();
-    assert!(signature::verify_batch(&jobs));
-    let own_only = TrustedSigners::new(Hotkey::from_seed(&[7; 32]).public_key(), [] as [&str; 0])
-        .expect("no other signer");
+    let jobs = vec![
+        decode(&signed_fields(0)),
+        decode(&unsigned),
+        decode(&signed_fields(2)),
+    ];
     assert_eq!(
-        own_only.check(&jobs[0]),
-        Err(JobSignatureError::UntrustedSignatory(
-            testing::TEST_SIGNER_SS58.to_owned()
-        ))
+        verdicts(&trusting_the_test_signer(), &jobs),
+        vec![Ok(()), Err(JobSignatureError::Missing), Ok(())]
     );
 }
 
 #[test]
-fn verification_is_not_part_of_a_jobs_value() {
-    let jobs = vec![decode(&signed_fields(0)), decode(&signed_fields(1))];
-    let same_text = JobRequest::parse(jobs[0].text()).expect("the text parses again");
-    assert!(signature::verify_batch(&jobs));
-    assert_eq!(*jobs[0], same_text, "equal whether verified or not");
+fn good_signatures_from_an_untrusted_signer_are_rejected() {
+    let jobs: Vec<_> = (0..4).map(|i| decode(&signed_fields(i))).collect();
+    let own_only = TrustedSigners::new(Hotkey::from_seed(&[7; 32]).public_key(), [] as [&str; 0])
+        .expect("no other signer");
+    let untrusted = Err(JobSignatureError::UntrustedSignatory(
+        testing::TEST_SIGNER_SS58.to_owned(),
+    ));
+    assert_eq!(verdicts(&own_only, &jobs), vec![untrusted; 4]);
+}
+
+#[test]
+fn a_forged_job_is_rejected_whether_checked_alone_or_in_any_batch() {
+    let forged = decode(&forged_fields(9));
+    let signers = trusting_the_test_signer();
+    for size in 1..6 {
+        let mut jobs: Vec<_> = (0..size).map(|i| decode(&signed_fields(i))).collect();
+        jobs.push(forged.clone());
+        let verdicts = verdicts(&signers, &jobs);
+        assert_eq!(verdicts.last(), Some(&Err(JobSignatureError::Invalid)));
+        assert!(verdicts[..size].iter().all(Result::is_ok));
+    }
 }
 
 #[cfg(feature = "runtime")]
 mod over_loopback {
     use std::time::Duration;
 
-    use facilitator_client::facilitator::{FacilitatorConfig, ReferenceFacilitator};
     use facilitator_client::handler::EchoHandler;
     use facilitator_client::machine::StopReason;
     use facilitator_client::protocol::JobStatus;
-    use facilitator_client::runtime::{Client, ClientConfig};
+    use facilitator_client::reference::{FacilitatorConfig, ReferenceFacilitator};
+    use facilitator_client::{Client, ClientConfig};
 
     use super::*;
 

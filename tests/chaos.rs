@@ -23,12 +23,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use facilitator_client::facilitator::{
-    AuthOutcome, ConnectionId, FacilitatorConfig, JobPlan, Records, ReferenceFacilitator,
-};
 use facilitator_client::machine::{StateKind, StopReason};
 use facilitator_client::protocol::testing;
-use facilitator_client::runtime::{Client, Metrics};
+use facilitator_client::reference::{
+    AuthOutcome, ConnectionId, FacilitatorConfig, JobPlan, Records, ReferenceFacilitator,
+};
+use facilitator_client::{Client, Metrics};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

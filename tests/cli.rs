@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use facilitator_client::facilitator::{
+use facilitator_client::protocol::{JobRequest, JobStatus};
+use facilitator_client::reference::{
     AuthRejection, FacilitatorConfig, Faults, JobPlan, ReferenceFacilitator, RejectAuth, Times,
 };
-use facilitator_client::protocol::{JobRequest, JobStatus};
 
 const BIN: &str = env!("CARGO_BIN_EXE_facilitator-client");
 const SEED: &str = "0x0707070707070707070707070707070707070707070707070707070707070707";

@@ -8,14 +8,14 @@
 
 use std::time::Duration;
 
-use facilitator_client::facilitator::{
-    AfterMessages, AuthOutcome, AuthRejection, CloseAfter, ConnectionEnd, FacilitatorConfig,
-    Faults, JobPlan, PushKind, ReferenceFacilitator, RejectAuth, StatusOutcome, Times, Validators,
-};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::{
     ClientMessage, JobRequest, JobStatus, JobStatusUpdate, Response, ServerMessage, TrustedSigners,
     decode_server_frame, testing,
+};
+use facilitator_client::reference::{
+    AfterMessages, AuthOutcome, AuthRejection, CloseAfter, ConnectionEnd, FacilitatorConfig,
+    Faults, JobPlan, PushKind, ReferenceFacilitator, RejectAuth, StatusOutcome, Times, Validators,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;

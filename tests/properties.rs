@@ -28,8 +28,14 @@ fn event() -> impl Strategy<Value = SimEvent> {
         90 => Just(SimEvent::Ack { not_found: false }),
         4 => Just(SimEvent::Ack { not_found: true }),
         36 => Just(SimEvent::PushJob(JobKind::Valid)),
-        6 => prop_oneof![Just(JobKind::Untrusted), Just(JobKind::Invalid), Just(JobKind::Duplicate)]
-            .prop_map(SimEvent::PushJob),
+        6 => prop_oneof![
+            Just(JobKind::Untrusted),
+            Just(JobKind::Forged),
+            Just(JobKind::Invalid),
+            Just(JobKind::Duplicate)
+        ]
+        .prop_map(SimEvent::PushJob),
+        12 => (any::<u8>(), any::<u8>()).prop_map(|(count, kinds)| SimEvent::Burst { count, kinds }),
         6 => prop_oneof![
             Just(NoiseKind::Garbage),
             Just(NoiseKind::Binary),

@@ -1,18 +1,18 @@
 //! Property tests: for every message type, decoding what was encoded gives back the same message; signing and
 //! verification agree; the Python-style JSON writer reads back as what it wrote.
 
-use facilitator_client::protocol::job::{
+use facilitator_client::protocol::keys::{self, Hotkey};
+use facilitator_client::protocol::{
     AllowPatterns, JobStreamingDetails, OutputUpload, SingleFileUpload, StringMap, Volume,
     VolumeSource, ZipUpload,
 };
-use facilitator_client::protocol::keys::{self, Hotkey};
 use facilitator_client::protocol::{
     AuthenticationRequest, ClientMessage, ExecutorClass, HordeFailureDetails, HordeFailureReason,
     JobCheated, JobFailureDetails, JobFailureReason, JobParticipantType, JobRejectionDetails,
     JobRejectionReason, JobRequestFields, JobResultDetails, JobSignature, JobSignatureError,
     JobStage, JobStatus, JobStatusMetadata, JobStatusUpdate, MachineSpecsUpdate, Response,
     ResponseError, ResponseStatus, ServerMessage, SignatureScope, StreamingServerDetails,
-    TrustedSigners, decode_server_frame, pyjson,
+    TrustedSigners, decode_server_frame, testing::pyjson,
 };
 use proptest::collection::vec;
 use proptest::option;

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use facilitator_client::protocol::keys::{self, Hotkey};
-use facilitator_client::protocol::signature::signature_digest;
+use facilitator_client::protocol::signature_digest;
 use facilitator_client::protocol::{
     ClientMessage, DecodeError, ExecutorClass, HordeFailureReason, JobCheated, JobFailureReason,
-    JobParticipantType, JobRejectionReason, JobSignatureError, JobStage, JobStatus,
-    JobStatusUpdate, Response, ServerMessage, SignatureScope, TrustedSigners, decode_server_frame,
-    error_type, job::JobRequestFields,
+    JobParticipantType, JobRejectionReason, JobRequestFields, JobSignatureError, JobStage,
+    JobStatus, JobStatusUpdate, Response, ServerMessage, SignatureScope, TrustedSigners,
+    decode_server_frame, error_type,
 };
 use serde_json::{Map, Value, json};
 
@@ -467,7 +467,7 @@ fn signing_a_vector_job_again_gives_the_same_payload_and_a_verifying_signature()
         let mut restored: Map<String, Value> = serde_json::from_str(&resigned).expect("object");
         restored.insert("signature".into(), original_signature);
         assert_eq!(
-            facilitator_client::protocol::pyjson::dumps(&Value::Object(restored)),
+            facilitator_client::protocol::testing::pyjson::dumps(&Value::Object(restored)),
             wire,
             "{name}"
         );
@@ -476,7 +476,7 @@ fn signing_a_vector_job_again_gives_the_same_payload_and_a_verifying_signature()
 
 #[test]
 fn typed_fields_of_the_everything_vector_are_read_correctly() {
-    use facilitator_client::protocol::job::{OutputUpload, SingleFileUpload, Volume, VolumeSource};
+    use facilitator_client::protocol::{OutputUpload, SingleFileUpload, Volume, VolumeSource};
     let data = vectors("job_requests");
     let case = list(&data, "cases")
         .iter()
@@ -721,11 +721,11 @@ fn the_sdk_signed_cheat_report_is_signed_over_the_double_encoded_body() {
         .expect("case");
     let validator_payload = text(case, "validator_signed_payload_utf8");
     assert_eq!(
-        facilitator_client::protocol::pyjson::string_literal(validator_payload),
+        facilitator_client::protocol::testing::pyjson::string_literal(validator_payload),
         text(case, "sdk_signed_payload_utf8")
     );
     assert_eq!(
-        facilitator_client::protocol::pyjson::dumps_sorted(&case["sdk_request_body"]),
+        facilitator_client::protocol::testing::pyjson::dumps_sorted(&case["sdk_request_body"]),
         validator_payload
     );
 }

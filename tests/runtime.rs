@@ -7,15 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use facilitator_client::facilitator::{
-    AfterMessages, AuthRejection, FacilitatorConfig, Faults, JobPlan, ReferenceFacilitator,
-    RejectAuth, Times,
-};
 use facilitator_client::handler::{BoxFuture, EchoHandler, JobHandler, StatusSender};
 use facilitator_client::machine::{BackoffConfig, StopReason};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::{JobRequest, JobStatus};
-use facilitator_client::runtime::{Client, ClientConfig, Outcome};
+use facilitator_client::reference::{
+    AfterMessages, AuthRejection, FacilitatorConfig, Faults, JobPlan, ReferenceFacilitator,
+    RejectAuth, Times,
+};
+use facilitator_client::{Client, ClientConfig, Outcome};
 
 const GUARD: Duration = Duration::from_secs(20);
 
@@ -430,7 +430,7 @@ async fn one_job_that_never_ends(
     drain_timeout: Duration,
 ) -> (
     ReferenceFacilitator,
-    facilitator_client::runtime::ShutdownHandle,
+    facilitator_client::ShutdownHandle,
     tokio::task::JoinHandle<Outcome>,
 ) {
     let facilitator = start(FacilitatorConfig {

@@ -12,11 +12,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use facilitator_client::facilitator::{FacilitatorConfig, JobPlan, ReferenceFacilitator};
 use facilitator_client::handler::{BoxFuture, EchoHandler, JobHandler, StatusSender};
 use facilitator_client::machine::StopReason;
 use facilitator_client::protocol::{JobRejectionReason, JobRequest, JobStatus};
-use facilitator_client::runtime::{Client, Outcome};
+use facilitator_client::reference::{FacilitatorConfig, JobPlan, ReferenceFacilitator};
+use facilitator_client::{Client, Outcome};
 
 use support::proxy::{Dir, Proxy};
 use support::{LogCapture, fast_client_config, hotkey};

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use facilitator_client::machine::{ActionKind, Input, InputKind, Machine, StateKind};
+use facilitator_client::machine::{ActionKind, Incoming, Input, InputKind, Machine, StateKind};
 use facilitator_client::protocol::{
     DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage, error_type,
 };
@@ -230,6 +230,26 @@ fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
             }),
         ],
         InputKind::Pong => vec![Input::Pong],
+        // Each frame alone, and a burst of several (checked as one batch of signatures).
+        InputKind::Frames => {
+            let single = [InputKind::Frame, InputKind::Undecodable, InputKind::Pong]
+                .into_iter()
+                .flat_map(|kind| variants(kind, sim))
+                .map(|input| Input::Frames(vec![incoming(input)]));
+            let burst = Input::Frames(vec![
+                Incoming::Message(ServerMessage::Response(Response::success())),
+                Incoming::Message(ServerMessage::JobRequest(
+                    sim.valid_job("00000000-0000-4000-8000-0000000ffff1"),
+                )),
+                Incoming::Pong,
+                Incoming::Message(ServerMessage::JobRequest(
+                    sim.valid_job("00000000-0000-4000-8000-0000000ffff2"),
+                )),
+                Incoming::Undecodable(DecodeError::Binary),
+                Incoming::Message(ServerMessage::JobRequest(sim.valid_job(&job_uuid))),
+            ]);
+            single.chain([burst]).collect()
+        }
         InputKind::SocketClosed => vec![
             Input::SocketClosed(Some(1000)),
             Input::SocketClosed(Some(3000)),
@@ -243,6 +263,15 @@ fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
         InputKind::JobFinished => vec![Input::JobFinished(job_uuid)],
         InputKind::Shutdown => vec![Input::Shutdown],
         InputKind::ForceStop => vec![Input::ForceStop],
+    }
+}
+
+fn incoming(input: Input) -> Incoming {
+    match input {
+        Input::Frame(message) => Incoming::Message(message),
+        Input::Undecodable(error) => Incoming::Undecodable(error),
+        Input::Pong => Incoming::Pong,
+        other => unreachable!("not a frame: {other:?}"),
     }
 }
 

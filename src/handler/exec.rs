@@ -21,6 +21,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::process::{Pid, Signal, kill_process_group};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -480,27 +481,26 @@ async fn write_some(stdin: &mut Option<ChildStdin>, bytes: &[u8]) -> io::Result<
 /// empty the ID could in principle be reused, but only after the PID space wrapped around in between, which is why
 /// the guard kills at most once.
 struct ProcessGroupGuard {
-    pgid: Option<libc::pid_t>,
+    pgid: Option<Pid>,
 }
 
 impl ProcessGroupGuard {
     fn of(child: &Child) -> Self {
         let pgid = child
             .id()
-            .and_then(|id| libc::pid_t::try_from(id).ok())
+            .and_then(|id| i32::try_from(id).ok())
             // Never 0 or 1: kill(0) is our own group and kill(-1) every process we may signal.
-            .filter(|&pid| pid > 1);
+            .filter(|&pid| pid > 1)
+            .and_then(Pid::from_raw);
         ProcessGroupGuard { pgid }
     }
 
     fn kill(&mut self) {
         if let Some(pgid) = self.pgid.take() {
-            // SAFETY: kill(2) takes plain integers and touches no memory of ours; `-pgid` (pgid > 1) addresses
-            // exactly the job's process group.
-            let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            if rc != 0 {
+            // `pgid` > 1, so this addresses exactly the job's process group.
+            if let Err(e) = kill_process_group(pgid, Signal::KILL) {
                 // ESRCH: the group is already empty, the usual case after a clean exit.
-                log::trace!("kill(-{pgid}, SIGKILL): {}", io::Error::last_os_error());
+                log::trace!("kill(-{}, SIGKILL): {e}", pgid.as_raw_nonzero());
             }
         }
     }
@@ -759,26 +759,29 @@ fn describe_exit(status: ExitStatus) -> String {
 }
 
 fn signal_name(signal: i32) -> Option<&'static str> {
-    Some(match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        _ => return None,
-    })
+    const NAMES: [(Signal, &str); 17] = [
+        (Signal::HUP, "SIGHUP"),
+        (Signal::INT, "SIGINT"),
+        (Signal::QUIT, "SIGQUIT"),
+        (Signal::ILL, "SIGILL"),
+        (Signal::TRAP, "SIGTRAP"),
+        (Signal::ABORT, "SIGABRT"),
+        (Signal::BUS, "SIGBUS"),
+        (Signal::FPE, "SIGFPE"),
+        (Signal::KILL, "SIGKILL"),
+        (Signal::USR1, "SIGUSR1"),
+        (Signal::SEGV, "SIGSEGV"),
+        (Signal::USR2, "SIGUSR2"),
+        (Signal::PIPE, "SIGPIPE"),
+        (Signal::ALARM, "SIGALRM"),
+        (Signal::TERM, "SIGTERM"),
+        (Signal::XCPU, "SIGXCPU"),
+        (Signal::XFSZ, "SIGXFSZ"),
+    ];
+    NAMES
+        .iter()
+        .find(|(s, _)| s.as_raw() == signal)
+        .map(|(_, name)| *name)
 }
 
 /// A line of output for a log: lossy UTF-8, without its line end, at most 500 characters.
@@ -956,7 +959,7 @@ mod tests {
             "exited with code 3"
         );
         assert_eq!(
-            describe_exit(ExitStatus::from_raw(libc::SIGKILL)),
+            describe_exit(ExitStatus::from_raw(Signal::KILL.as_raw())),
             "was killed by signal 9 (SIGKILL)"
         );
     }

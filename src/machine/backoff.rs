@@ -34,7 +34,7 @@ impl Default for BackoffConfig {
 
 /// The attempt counter and the jitter source.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(super) struct Backoff {
     config: BackoffConfig,
     failures: u32,
     rng: u64,
@@ -42,7 +42,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// A fresh backoff; `seed` drives the jitter.
-    pub fn new(config: BackoffConfig, seed: u64) -> Self {
+    pub(super) fn new(config: BackoffConfig, seed: u64) -> Self {
         // xorshift must not start at zero.
         Backoff {
             config,
@@ -52,17 +52,17 @@ impl Backoff {
     }
 
     /// Failed attempts since the last reset.
-    pub fn failures(&self) -> u32 {
+    pub(super) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Forgets past failures (the connection was stable).
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// The delay before the next attempt after a failure; counts the failure.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(super) fn next_delay(&mut self) -> Duration {
         let exp = self
             .config
             .factor
@@ -75,7 +75,7 @@ impl Backoff {
     }
 
     /// The delay after a failure that is retried at the cap (e.g. `auth.validator_not_found`); counts the failure.
-    pub fn cap_delay(&mut self) -> Duration {
+    pub(super) fn cap_delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         self.jittered(self.config.cap.as_secs_f64())
     }

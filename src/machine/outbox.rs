@@ -14,7 +14,7 @@ use crate::protocol::JobStatusUpdate;
 
 /// A status update held by the outbox, with how many times it has been sent.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pending {
+pub(crate) struct Pending {
     /// The update itself.
     pub update: JobStatusUpdate,
     /// How many times it has been written to a socket (0 while it has never left).
@@ -25,7 +25,7 @@ pub struct Pending {
 
 /// A bounded, ordered queue of status updates plus the FIFO of those in flight.
 #[derive(Debug, Clone)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     queued: VecDeque<Pending>,
     in_flight: VecDeque<Pending>,
     capacity: usize,
@@ -35,7 +35,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// An empty outbox that reports itself full at `capacity` held updates (queued plus in flight).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Outbox {
             queued: VecDeque::new(),
             in_flight: VecDeque::new(),
@@ -46,7 +46,7 @@ impl Outbox {
 
     /// Appends a status of an accepted job. Never refuses: the bound is enforced by producers waiting on
     /// [`Outbox::has_room`].
-    pub fn push(&mut self, update: JobStatusUpdate) {
+    pub(crate) fn push(&mut self, update: JobStatusUpdate) {
         self.accepted_jobs_held += 1;
         self.queued.push_back(Pending {
             update,
@@ -57,7 +57,7 @@ impl Outbox {
 
     /// Appends the answer to a refused job request (`rejected`). The machine only does so while
     /// [`Outbox::has_room`].
-    pub fn push_refusal(&mut self, update: JobStatusUpdate) {
+    pub(crate) fn push_refusal(&mut self, update: JobStatusUpdate) {
         self.queued.push_back(Pending {
             update,
             sends: 0,
@@ -66,12 +66,12 @@ impl Outbox {
     }
 
     /// Whether a producer may add another update without going over capacity.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.len() < self.capacity
     }
 
     /// Moves the next queued update into flight and returns it, unless `max_in_flight` are already out.
-    pub fn send_next(&mut self, max_in_flight: usize) -> Option<&Pending> {
+    pub(crate) fn send_next(&mut self, max_in_flight: usize) -> Option<&Pending> {
         if self.in_flight.len() >= max_in_flight {
             return None;
         }
@@ -82,7 +82,7 @@ impl Outbox {
     }
 
     /// Takes the oldest in-flight update: the one a Response answers.
-    pub fn acknowledge(&mut self) -> Option<Pending> {
+    pub(crate) fn acknowledge(&mut self) -> Option<Pending> {
         let pending = self.in_flight.pop_front()?;
         if pending.of_accepted_job {
             self.accepted_jobs_held -= 1;
@@ -91,7 +91,7 @@ impl Outbox {
     }
 
     /// Puts every in-flight update back at the front of the queue, in order (the connection was lost).
-    pub fn requeue_in_flight(&mut self) -> usize {
+    pub(crate) fn requeue_in_flight(&mut self) -> usize {
         let moved = self.in_flight.len();
         while let Some(pending) = self.in_flight.pop_back() {
             self.queued.push_front(pending);
@@ -100,32 +100,27 @@ impl Outbox {
     }
 
     /// Updates held in all: queued plus in flight.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.queued.len() + self.in_flight.len()
     }
 
-    /// Whether nothing is queued and nothing is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Statuses of accepted jobs held (queued plus in flight): what a drain waits for.
-    pub fn accepted_jobs_len(&self) -> usize {
+    pub(crate) fn accepted_jobs_len(&self) -> usize {
         self.accepted_jobs_held
     }
 
     /// Updates waiting to be sent.
-    pub fn queued_len(&self) -> usize {
+    pub(crate) fn queued_len(&self) -> usize {
         self.queued.len()
     }
 
     /// Updates sent and not yet answered.
-    pub fn in_flight_len(&self) -> usize {
+    pub(crate) fn in_flight_len(&self) -> usize {
         self.in_flight.len()
     }
 
     /// Every held update, in flight first, each in order: the order they would be delivered in.
-    pub fn iter(&self) -> impl Iterator<Item = &Pending> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Pending> {
         self.in_flight.iter().chain(self.queued.iter())
     }
 }

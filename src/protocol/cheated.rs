@@ -27,6 +27,9 @@ pub struct JobCheated {
 }
 
 impl JobCheated {
+    /// The `message_type` of a cheat report.
+    pub const MESSAGE_TYPE: &'static str = "V0JobCheated";
+
     /// The keys a report may have, in the facilitator's order.
     pub const WIRE_KEYS: [&'static str; 6] = [
         "signature",
@@ -40,7 +43,10 @@ impl JobCheated {
     pub(crate) fn parse(map: &Map<String, Value>) -> Result<JobCheated, FieldError> {
         let obj = Obj { map, path: "" };
         obj.deny_unknown(&Self::WIRE_KEYS)?;
-        for (key, expected) in [("type", "job.cheated"), ("message_type", "V0JobCheated")] {
+        for (key, expected) in [
+            ("type", "job.cheated"),
+            ("message_type", Self::MESSAGE_TYPE),
+        ] {
             match map.get(key) {
                 None => {}
                 Some(Value::String(s)) if s == expected => {}
@@ -80,7 +86,7 @@ impl JobCheated {
                 .map_or(Value::Null, JobSignature::to_value),
         );
         map.insert("type".into(), "job.cheated".into());
-        map.insert("message_type".into(), "V0JobCheated".into());
+        map.insert("message_type".into(), Self::MESSAGE_TYPE.into());
         map.insert("job_uuid".into(), self.job_uuid.clone().into());
         map.insert(
             "trusted_job_uuid".into(),

@@ -29,6 +29,17 @@ pub enum ServerMessage {
     JobCheated(JobCheated),
 }
 
+impl ServerMessage {
+    /// The message's name, as the Python classes are named (a Response has no `message_type` on the wire).
+    pub fn message_type(&self) -> &'static str {
+        match self {
+            ServerMessage::Response(_) => Response::NAME,
+            ServerMessage::JobRequest(_) => JobRequest::MESSAGE_TYPE,
+            ServerMessage::JobCheated(_) => JobCheated::MESSAGE_TYPE,
+        }
+    }
+}
+
 /// Why a server frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -106,13 +117,13 @@ pub fn decode_server_frame(text: &str, limit: usize) -> Result<ServerMessage, De
     };
     match map.get("message_type") {
         None if map.contains_key("status") => decode_response(map),
-        Some(Value::String(t)) if t == "V2JobRequest" => decode_job_request(text, &map),
+        Some(Value::String(t)) if t == JobRequest::MESSAGE_TYPE => decode_job_request(text, &map),
         // Without `message_type` the reference client cannot parse a job request; answering it (rejected, naming the
         // missing key) is kinder to the facilitator than silence.
         None if map.get("type").and_then(Value::as_str) == Some("job.new") => {
             decode_job_request(text, &map)
         }
-        Some(Value::String(t)) if t == "V0JobCheated" => decode_cheated(&map),
+        Some(Value::String(t)) if t == JobCheated::MESSAGE_TYPE => decode_cheated(&map),
         None if map.contains_key("job_uuid")
             || map.get("type").and_then(Value::as_str) == Some("job.cheated") =>
         {

@@ -12,7 +12,8 @@ macro_rules! wire_enum {
         $name:ident, lenient = $lenient:tt { $($variant:ident => $text:literal),+ $(,)? }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, arbitrary::Arbitrary)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(feature = "test-support", derive(arbitrary::Arbitrary))]
         pub enum $name { $(#[doc = concat!("`\"", $text, "\"`")] $variant),+ }
 
         impl $name {

@@ -7,8 +7,8 @@
 use super::codec::{DEFAULT_FRAME_LIMIT, DecodeError, ServerMessage, decode_server_frame};
 use super::keys;
 use super::messages::ClientMessage;
-use super::signature::TrustedSigners;
 use super::testing;
+use super::trust::TrustedSigners;
 
 /// Decodes `data` as a server frame (invalid UTF-8 is decoded lossily, as if a peer had sent that text) and, for
 /// what decodes, checks re-encoding round trips; also runs the client-message decoder (used by the reference

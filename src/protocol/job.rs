@@ -7,7 +7,6 @@
 //! on stdin), or accept a job the reference validator's model would refuse.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value};
 
@@ -18,7 +17,7 @@ use super::signature::{self, JobSignature, SignatureCheckError};
 use super::wire::{FieldError, Obj, brief, brief_json, kind};
 
 /// The keys of a `V2JobRequest`, in the order the facilitator writes them. No other key is allowed.
-pub const WIRE_KEYS: [&str; 19] = [
+pub(super) const WIRE_KEYS: [&str; 19] = [
     "signature",
     "type",
     "message_type",
@@ -45,25 +44,6 @@ pub const WIRE_KEYS: [&str; 19] = [
 pub struct JobRequest {
     text: Arc<str>,
     fields: JobRequestFields,
-    verified: VerifiedMark,
-}
-
-/// Set once the job's signature has verified cryptographically in a batch
-/// ([`super::signature::verify_batch`]), so [`super::TrustedSigners::check`] need not verify it again. A cache of
-/// a fact about the immutable fields, not part of the job's value: clones keep it, equality ignores it.
-#[derive(Debug, Default)]
-struct VerifiedMark(AtomicBool);
-
-impl Clone for VerifiedMark {
-    fn clone(&self) -> Self {
-        VerifiedMark(AtomicBool::new(self.0.load(Ordering::Relaxed)))
-    }
-}
-
-impl PartialEq for VerifiedMark {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
 }
 
 /// Why a text is not a valid `V2JobRequest`. `uuid` is set when the job's `uuid` could be read, so the job can be
@@ -78,6 +58,9 @@ pub struct JobRequestError {
 }
 
 impl JobRequest {
+    /// The `message_type` of a job request.
+    pub const MESSAGE_TYPE: &'static str = "V2JobRequest";
+
     /// Parses the wire text of a `V2JobRequest`.
     pub fn parse(text: &str) -> Result<JobRequest, JobRequestError> {
         let value: Value = serde_json::from_str(text).map_err(|e| JobRequestError {
@@ -102,7 +85,6 @@ impl JobRequest {
         Ok(JobRequest {
             text: Arc::from(text),
             fields,
-            verified: VerifiedMark::default(),
         })
     }
 
@@ -111,7 +93,6 @@ impl JobRequest {
         JobRequest {
             text: Arc::from(fields.to_wire_text()),
             fields,
-            verified: VerifiedMark::default(),
         }
     }
 
@@ -221,16 +202,6 @@ impl JobRequest {
         let signature = self.signature().ok_or(SignatureCheckError::Missing)?;
         signature.verify(self.fields.signed_payload().as_bytes())
     }
-
-    /// Whether the signature already verified in a batch ([`super::signature::verify_batch`]).
-    pub(crate) fn signature_verified(&self) -> bool {
-        self.verified.0.load(Ordering::Relaxed)
-    }
-
-    /// Records that the signature verified. Only [`super::signature::verify_batch`] calls this, after the check.
-    pub(super) fn mark_signature_verified(&self) {
-        self.verified.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// The fields of a `V2JobRequest` (section 4.2), typed.
@@ -286,7 +257,7 @@ impl JobRequestFields {
         let obj = Obj { map, path: "" };
         obj.deny_unknown(&WIRE_KEYS)?;
         match obj.required("message_type")? {
-            Value::String(s) if s == "V2JobRequest" => {}
+            Value::String(s) if s == JobRequest::MESSAGE_TYPE => {}
             other => {
                 return Err(obj.error(
                     "message_type",
@@ -377,7 +348,7 @@ impl JobRequestFields {
                 .map_or(Value::Null, JobSignature::to_value),
         );
         map.insert("type".into(), "job.new".into());
-        map.insert("message_type".into(), "V2JobRequest".into());
+        map.insert("message_type".into(), JobRequest::MESSAGE_TYPE.into());
         map.insert("uuid".into(), self.uuid.clone().into());
         map.insert("job_namespace".into(), self.job_namespace.clone().into());
         map.insert("executor_class".into(), self.executor_class.as_str().into());
@@ -484,6 +455,40 @@ impl JobRequestFields {
             SignatureScope::SignedFields,
         ));
     }
+}
+
+/// Signs a job request for the reference facilitator and tests: `fields` is the job's top-level object in wire
+/// order (with or without `signature`, `type` and `message_type`); the result is the complete `V2JobRequest` text in
+/// the facilitator's format (Python `json.dumps`: `", "`/`": "` separators, ASCII-only, every key of section 4.2
+/// present in that order, volumes and uploads in canonical form).
+///
+/// ```
+/// use facilitator_client::protocol::{decode_server_frame, sign_job_request, keys::Hotkey, ServerMessage};
+/// use facilitator_client::protocol::TrustedSigners;
+/// let signer = Hotkey::from_seed(&[0x11; 32]);
+/// let fields = serde_json::json!({
+///     "uuid": "7d8a9f4e-1b2c-4d3e-8f40-5a6b7c8d9e01", "executor_class": "always_on.test",
+///     "docker_image": "alpine:3", "args": [], "env": {"B": "1", "A": "2"},
+///     "download_time_limit": 1, "execution_time_limit": 2, "upload_time_limit": 3,
+///     "streaming_start_time_limit": 4,
+/// });
+/// let text = sign_job_request(fields.as_object().unwrap().clone(), &signer, 1_700_000_000_000_000_000)?;
+/// let ServerMessage::JobRequest(job) = decode_server_frame(&text, 1 << 20)? else { panic!() };
+/// TrustedSigners::new([0; 32], [signer.ss58()])?.check(&job)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn sign_job_request(
+    mut fields: Map<String, Value>,
+    signer: &Hotkey,
+    timestamp_ns: u64,
+) -> Result<String, JobRequestError> {
+    fields.insert("signature".into(), Value::Null);
+    fields
+        .entry("message_type")
+        .or_insert_with(|| Value::from(JobRequest::MESSAGE_TYPE));
+    let mut job = JobRequestFields::from_map(&fields)?;
+    job.sign(signer, timestamp_ns);
+    Ok(job.to_wire_text())
 }
 
 /// A JSON object of strings in key order (`env`, `form_fields`, `signed_headers`). Keys are unique; a duplicate key
@@ -1060,14 +1065,7 @@ impl SingleFileUpload {
 
 /// The `relative_path` rule of single-file uploads (section 4.2): non-empty, no NUL, no leading `/`, no
 /// backslash, no empty, `.` or `..` component, no component longer than 255 bytes.
-///
-/// ```
-/// use facilitator_client::protocol::job::check_relative_path;
-/// assert!(check_relative_path("out/result.json").is_ok());
-/// assert!(check_relative_path("../etc/passwd").is_err());
-/// assert!(check_relative_path("a//b").is_err());
-/// ```
-pub fn check_relative_path(path: &str) -> Result<(), String> {
+pub(super) fn check_relative_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("must not be empty".into());
     }
@@ -1089,4 +1087,18 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_relative_path;
+
+    #[test]
+    fn relative_paths_must_stay_inside_the_job_directory() {
+        assert!(check_relative_path("out/result.json").is_ok());
+        assert!(check_relative_path("../etc/passwd").is_err());
+        assert!(check_relative_path("a//b").is_err());
+        assert!(check_relative_path("/abs").is_err());
+        assert!(check_relative_path("").is_err());
+    }
 }

@@ -314,6 +314,9 @@ pub struct Response {
 }
 
 impl Response {
+    /// The name of a Response in counts and logs (it has no `message_type` on the wire).
+    pub const NAME: &'static str = "Response";
+
     /// `{"status":"success","errors":[]}`.
     pub fn success() -> Self {
         Response {

@@ -14,7 +14,7 @@ use serde_json::{Map, Number, Value};
 /// `json.dumps(value)`: keys in the map's order.
 ///
 /// ```
-/// use facilitator_client::protocol::pyjson;
+/// use facilitator_client::protocol::testing::pyjson;
 /// let value = serde_json::json!({"b": [1, 2.5, "é"], "a": null});
 /// assert_eq!(pyjson::dumps(&value), r#"{"b": [1, 2.5, "\u00e9"], "a": null}"#);
 /// ```
@@ -27,7 +27,7 @@ pub fn dumps(value: &Value) -> String {
 /// `json.dumps(value, sort_keys=True)`: keys of every object sorted by code point, recursively.
 ///
 /// ```
-/// use facilitator_client::protocol::pyjson;
+/// use facilitator_client::protocol::testing::pyjson;
 /// let value = serde_json::json!({"b": {"d": 1e-5, "c": 1e16}, "a": 100.0});
 /// assert_eq!(pyjson::dumps_sorted(&value), r#"{"a": 100.0, "b": {"c": 1e+16, "d": 1e-05}}"#);
 /// ```
@@ -40,7 +40,7 @@ pub fn dumps_sorted(value: &Value) -> String {
 /// `json.dumps(text)`: the JSON string literal of `text`, quotes included, pure ASCII.
 ///
 /// ```
-/// use facilitator_client::protocol::pyjson;
+/// use facilitator_client::protocol::testing::pyjson;
 /// assert_eq!(pyjson::string_literal("a\"b\\c\u{7f}😀"), r#""a\"b\\c\u007f\ud83d\ude00""#);
 /// ```
 pub fn string_literal(text: &str) -> String {
@@ -55,7 +55,7 @@ pub fn string_literal(text: &str) -> String {
 /// Returns `None` for NaN and infinities, which JSON cannot hold.
 ///
 /// ```
-/// use facilitator_client::protocol::pyjson::float_repr;
+/// use facilitator_client::protocol::testing::pyjson::float_repr;
 /// assert_eq!(float_repr(0.0001).as_deref(), Some("0.0001"));
 /// assert_eq!(float_repr(0.00001).as_deref(), Some("1e-05"));
 /// assert_eq!(float_repr(1e15).as_deref(), Some("1000000000000000.0"));

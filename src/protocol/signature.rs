@@ -1,20 +1,15 @@
-//! Job signatures (docs/PROTOCOL.md sections 9 and 10): the `signature` object of server messages, the signed payload
-//! and its hash, verification byte-for-byte as the reference validator does it, the trust policy (9.8), and signing
-//! (for the reference facilitator and tests).
+//! The signature primitive (docs/PROTOCOL.md section 9): what the `signature` object of a server message is, the
+//! digest that is signed, how one signature is checked cryptographically, and how one is made (for the reference
+//! facilitator and tests).
 //!
-//! Owns: the digest `BLAKE2b-512(timestamp_ns big-endian ‖ payload)`, the double encoding of job payloads, base64 of
-//! signatures, and the order of the checks (signature present, signatory trusted, then the cryptographic check).
-//! Must never: accept a job whose signature does not verify, or compare signatories in any way other than the
-//! reference validator's exact string comparison.
-
-use std::sync::Arc;
+//! Owns: the digest `BLAKE2b-512(timestamp_ns big-endian ‖ payload)`, base64 of signatures, the wire object's parse
+//! rules. Knows nothing of jobs or whom to trust: that is [`super::trust`]. Must never: report a signature as valid
+//! that does not verify against its signatory's key.
 
 use blake2::{Blake2b512, Digest};
 use serde_json::{Map, Value};
 
-use super::cheated::JobCheated;
 use super::enums::SignatureScope;
-use super::job::{JobRequest, JobRequestError, JobRequestFields};
 use super::keys::{self, Hotkey, Ss58Error};
 use super::wire::{FieldError, Obj};
 
@@ -152,190 +147,6 @@ pub enum SignatureCheckError {
     Invalid,
 }
 
-/// Why a signed server message is not accepted. The Display texts are the reference validator's rejection messages
-/// (section 9.8), sent back in `job_rejection_details.message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JobSignatureError {
-    /// `signature` is null.
-    #[error("Signature is empty")]
-    Missing,
-    /// The signatory (the SS58 text as received) is neither this validator's hotkey nor a trusted signer.
-    #[error("Signatory {0} is not in validator whitelist")]
-    UntrustedSignatory(String),
-    /// The signature does not verify (see [`JobSignature::verify`] for the detailed reason).
-    #[error("Bad signature")]
-    Invalid,
-}
-
-/// The signers whose job requests (and cheat reports) are accepted: this validator's own hotkey and any configured
-/// SS58 addresses.
-///
-/// Like the reference validator, a signatory is trusted when its text is *exactly* one of these addresses (the
-/// own hotkey as its format-42 address): the same key written with another SS58 prefix is not trusted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustedSigners {
-    own: String,
-    others: Vec<String>,
-}
-
-impl TrustedSigners {
-    /// Trusts `own_public_key` (this validator's hotkey) and the given SS58 addresses. Each address must be a valid
-    /// SS58 address (any prefix, checksum checked), so that a typo is reported at start-up instead of silently
-    /// rejecting every job.
-    ///
-    /// ```
-    /// use facilitator_client::protocol::{keys::Hotkey, TrustedSigners};
-    /// let own = Hotkey::from_seed(&[0; 32]);
-    /// let signers = TrustedSigners::new(own.public_key(), ["5DtDLm5rQHShDqojQpsvcN8tRXHVFaecfDoRet1SU6BFD9Fi"])?;
-    /// assert!(signers.is_trusted(&own.ss58()));
-    /// assert!(TrustedSigners::new(own.public_key(), ["5DtDLm5rQHShDqojQpsvcN8tRXHVFaecfDoRet1SU6BFD9Fj"]).is_err());
-    /// # Ok::<(), facilitator_client::protocol::signature::TrustedSignerError>(())
-    /// ```
-    pub fn new<I, S>(
-        own_public_key: [u8; 32],
-        trusted: I,
-    ) -> Result<TrustedSigners, TrustedSignerError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let others = trusted
-            .into_iter()
-            .map(|address| {
-                let address = address.as_ref();
-                keys::ss58_decode(address)
-                    .map(|_| address.to_owned())
-                    .map_err(|reason| TrustedSignerError {
-                        address: address.to_owned(),
-                        reason,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TrustedSigners {
-            own: keys::ss58_encode(&own_public_key),
-            others,
-        })
-    }
-
-    /// Whether `signatory` (an SS58 text as found in a message) is trusted.
-    pub fn is_trusted(&self, signatory: &str) -> bool {
-        signatory == self.own || self.others.iter().any(|a| a == signatory)
-    }
-
-    /// Checks a job request as the reference validator does (section 9.8): signature present, signatory trusted,
-    /// then the cryptographic check over the SignedFields payload, which is skipped when the job's signature
-    /// already verified in a batch ([`verify_batch`]).
-    pub fn check(&self, job: &JobRequest) -> Result<(), JobSignatureError> {
-        if job.signature_verified() {
-            let signature = job.signature().ok_or(JobSignatureError::Missing)?;
-            return if self.is_trusted(&signature.signatory) {
-                Ok(())
-            } else {
-                Err(JobSignatureError::UntrustedSignatory(
-                    signature.signatory.clone(),
-                ))
-            };
-        }
-        self.check_signed(job.signature(), || {
-            job.fields().signed_payload().into_bytes()
-        })
-    }
-
-    /// Checks a cheat report the same way (section 10), over its single-encoded payload. Real SDK-signed reports
-    /// never pass this (the SDK double-encodes); the reference validator then only logs and ignores them.
-    pub fn check_cheat_report(&self, report: &JobCheated) -> Result<(), JobSignatureError> {
-        self.check_signed(report.signature.as_ref(), || {
-            report.signed_payload().into_bytes()
-        })
-    }
-
-    fn check_signed(
-        &self,
-        signature: Option<&JobSignature>,
-        payload: impl FnOnce() -> Vec<u8>,
-    ) -> Result<(), JobSignatureError> {
-        let signature = signature.ok_or(JobSignatureError::Missing)?;
-        if !self.is_trusted(&signature.signatory) {
-            return Err(JobSignatureError::UntrustedSignatory(
-                signature.signatory.clone(),
-            ));
-        }
-        signature
-            .verify(&payload())
-            .map(|_| ())
-            .map_err(|_| JobSignatureError::Invalid)
-    }
-}
-
-/// Verifies the signatures of several job requests in one batch (schnorrkel's batch equation, cheaper per
-/// signature than one check each) and, when every one verifies, marks each job so that
-/// [`TrustedSigners::check`] skips its cryptographic step. Purely cryptographic: whether a signatory is trusted is
-/// still decided by `check`. Returns false (marking nothing) when any job has no signature, a malformed one, or
-/// one that does not verify; `check` then verifies each job on its own, with the same outcome as without the
-/// batch. Jobs already marked are skipped.
-///
-/// ```
-/// use std::sync::Arc;
-/// use facilitator_client::protocol::{decode_server_frame, signature, testing, ServerMessage, TrustedSigners};
-/// let jobs: Vec<_> = (1..=3)
-///     .map(|i| {
-///         let text = testing::signed_job_text(&testing::test_signer(), &format!("00000000-0000-4000-8000-00000000000{i}"));
-///         let Ok(ServerMessage::JobRequest(job)) = decode_server_frame(&text, 1 << 20) else { panic!() };
-///         job
-///     })
-///     .collect();
-/// assert!(signature::verify_batch(&jobs));
-/// let signers = TrustedSigners::new([0; 32], [testing::TEST_SIGNER_SS58])?;
-/// assert!(jobs.iter().all(|job| signers.check(job).is_ok()));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn verify_batch(jobs: &[Arc<JobRequest>]) -> bool {
-    let mut items = Vec::with_capacity(jobs.len());
-    for job in jobs.iter().filter(|job| !job.signature_verified()) {
-        let Some(signature) = job.signature() else {
-            return false;
-        };
-        let (Ok(public_key), Ok(timestamp_ns), Some(bytes)) = (
-            keys::ss58_decode(&signature.signatory),
-            u64::try_from(signature.timestamp_ns),
-            base64_decode(&signature.signature),
-        ) else {
-            return false;
-        };
-        let Ok(sig) = <[u8; 64]>::try_from(bytes.as_slice()) else {
-            return false;
-        };
-        let payload = job.fields().signed_payload();
-        items.push((
-            public_key,
-            signature_digest(timestamp_ns, payload.as_bytes()),
-            sig,
-        ));
-    }
-    if items.is_empty() {
-        return true;
-    }
-    if !keys::verify_batch(&items) {
-        return false;
-    }
-    for job in jobs {
-        job.mark_signature_verified();
-    }
-    true
-}
-
-/// A configured trusted signer that is not an SS58 address.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "trusted signer {address:?} is not a valid SS58 address ({reason}); give the signer's hotkey address, e.g. 5F..."
-)]
-pub struct TrustedSignerError {
-    /// The address as configured.
-    pub address: String,
-    /// What is wrong with it.
-    pub reason: Ss58Error,
-}
-
 /// `BLAKE2b-512(timestamp_ns as 8 bytes big-endian ‖ payload)`: the 64-byte message that is sr25519-signed
 /// (section 9.5).
 pub fn signature_digest(timestamp_ns: u64, payload: &[u8]) -> [u8; 64] {
@@ -346,7 +157,7 @@ pub fn signature_digest(timestamp_ns: u64, payload: &[u8]) -> [u8; 64] {
 }
 
 /// Signs `payload` (the bytes hashed after the timestamp) as the SDK does and returns the wire signature object.
-pub fn sign_payload(
+pub(super) fn sign_payload(
     signer: &Hotkey,
     timestamp_ns: u64,
     payload: &[u8],
@@ -362,49 +173,15 @@ pub fn sign_payload(
     }
 }
 
-/// Signs a job request for the reference facilitator and tests: `fields` is the job's top-level object in wire
-/// order (with or without `signature`, `type` and `message_type`); the result is the complete `V2JobRequest` text in
-/// the facilitator's format (Python `json.dumps`: `", "`/`": "` separators, ASCII-only, every key of section 4.2
-/// present in that order, volumes and uploads in canonical form).
-///
-/// ```
-/// use facilitator_client::protocol::{decode_server_frame, signature::sign_job_request, keys::Hotkey, ServerMessage};
-/// use facilitator_client::protocol::TrustedSigners;
-/// let signer = Hotkey::from_seed(&[0x11; 32]);
-/// let fields = serde_json::json!({
-///     "uuid": "7d8a9f4e-1b2c-4d3e-8f40-5a6b7c8d9e01", "executor_class": "always_on.test",
-///     "docker_image": "alpine:3", "args": [], "env": {"B": "1", "A": "2"},
-///     "download_time_limit": 1, "execution_time_limit": 2, "upload_time_limit": 3,
-///     "streaming_start_time_limit": 4,
-/// });
-/// let text = sign_job_request(fields.as_object().unwrap().clone(), &signer, 1_700_000_000_000_000_000)?;
-/// let ServerMessage::JobRequest(job) = decode_server_frame(&text, 1 << 20)? else { panic!() };
-/// TrustedSigners::new([0; 32], [signer.ss58()])?.check(&job)?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn sign_job_request(
-    mut fields: Map<String, Value>,
-    signer: &Hotkey,
-    timestamp_ns: u64,
-) -> Result<String, JobRequestError> {
-    fields.insert("signature".into(), Value::Null);
-    fields
-        .entry("message_type")
-        .or_insert_with(|| Value::from("V2JobRequest"));
-    let mut job = JobRequestFields::from_map(&fields)?;
-    job.sign(signer, timestamp_ns);
-    Ok(job.to_wire_text())
-}
-
 /// Standard base64 with padding, as Python's `base64.b64encode`.
-pub fn base64_encode(bytes: &[u8]) -> String {
+pub(super) fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Strict standard base64 with padding. (Python's decoder also skips characters outside the alphabet; the
 /// facilitator never sends such text, and a strict decoder only rejects more.)
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }

@@ -72,3 +72,9 @@ pub fn signed_job_text(signer: &Hotkey, uuid: &str) -> String {
 pub fn unsigned_job_text(uuid: &str) -> String {
     minimal_job(uuid).to_wire_text()
 }
+
+/// Python's `json.dumps` as the facilitator and the SDK write it, for tests that compare bytes with them.
+#[cfg(feature = "test-support")]
+pub mod pyjson {
+    pub use crate::protocol::pyjson::{dumps, dumps_sorted, float_repr, string_literal};
+}

@@ -49,7 +49,7 @@ pub(crate) struct Obj<'a> {
 
 impl<'a> Obj<'a> {
     /// The object at `path`, or an error if `value` is not an object.
-    pub fn new(value: &'a Value, path: &'a str) -> Result<Obj<'a>, FieldError> {
+    pub(crate) fn new(value: &'a Value, path: &'a str) -> Result<Obj<'a>, FieldError> {
         match value {
             Value::Object(map) => Ok(Obj { map, path }),
             other => Err(FieldError {
@@ -60,7 +60,7 @@ impl<'a> Obj<'a> {
     }
 
     /// The path of one of this object's keys.
-    pub fn child(&self, key: &str) -> String {
+    pub(crate) fn child(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_owned()
         } else {
@@ -68,7 +68,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    pub fn error(&self, key: &str, problem: impl Into<String>) -> FieldError {
+    pub(crate) fn error(&self, key: &str, problem: impl Into<String>) -> FieldError {
         FieldError {
             path: self.child(key),
             problem: problem.into(),
@@ -80,7 +80,7 @@ impl<'a> Obj<'a> {
     }
 
     /// Rejects keys that are not in `allowed`.
-    pub fn deny_unknown(&self, allowed: &[&str]) -> Result<(), FieldError> {
+    pub(crate) fn deny_unknown(&self, allowed: &[&str]) -> Result<(), FieldError> {
         match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
             Some(key) => Err(FieldError {
                 path: self.path.to_owned(),
@@ -95,23 +95,23 @@ impl<'a> Obj<'a> {
     }
 
     /// A value that must be present (`null` counts as present).
-    pub fn required(&self, key: &str) -> Result<&'a Value, FieldError> {
+    pub(crate) fn required(&self, key: &str) -> Result<&'a Value, FieldError> {
         self.map.get(key).ok_or_else(|| self.error(key, "missing"))
     }
 
     /// A value that is absent or `null` -> `None`.
-    pub fn optional(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn optional(&self, key: &str) -> Option<&'a Value> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    pub fn string(&self, key: &str) -> Result<String, FieldError> {
+    pub(crate) fn string(&self, key: &str) -> Result<String, FieldError> {
         match self.required(key)? {
             Value::String(s) => Ok(s.clone()),
             other => Err(self.wrong_type(key, "a string", other)),
         }
     }
 
-    pub fn opt_string(&self, key: &str) -> Result<Option<String>, FieldError> {
+    pub(crate) fn opt_string(&self, key: &str) -> Result<Option<String>, FieldError> {
         match self.optional(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -120,7 +120,7 @@ impl<'a> Obj<'a> {
     }
 
     /// A string with a default when absent (`null` is a type error, as in pydantic).
-    pub fn string_or(&self, key: &str, default: &str) -> Result<String, FieldError> {
+    pub(crate) fn string_or(&self, key: &str, default: &str) -> Result<String, FieldError> {
         match self.map.get(key) {
             None => Ok(default.to_owned()),
             Some(Value::String(s)) => Ok(s.clone()),
@@ -129,7 +129,7 @@ impl<'a> Obj<'a> {
     }
 
     /// A boolean with a default when absent (`null` is a type error).
-    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, FieldError> {
+    pub(crate) fn bool_or(&self, key: &str, default: bool) -> Result<bool, FieldError> {
         match self.map.get(key) {
             None => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
@@ -137,7 +137,7 @@ impl<'a> Obj<'a> {
         }
     }
 
-    pub fn int(&self, key: &str) -> Result<i64, FieldError> {
+    pub(crate) fn int(&self, key: &str) -> Result<i64, FieldError> {
         let value = self.required(key)?;
         value.as_i64().ok_or_else(|| match value {
             Value::Number(n) if n.is_u64() => self.error(key, "integer out of range"),
@@ -145,14 +145,14 @@ impl<'a> Obj<'a> {
         })
     }
 
-    pub fn array(&self, key: &str) -> Result<&'a Vec<Value>, FieldError> {
+    pub(crate) fn array(&self, key: &str) -> Result<&'a Vec<Value>, FieldError> {
         match self.required(key)? {
             Value::Array(items) => Ok(items),
             other => Err(self.wrong_type(key, "an array", other)),
         }
     }
 
-    pub fn string_array(&self, key: &str) -> Result<Vec<String>, FieldError> {
+    pub(crate) fn string_array(&self, key: &str) -> Result<Vec<String>, FieldError> {
         let path = self.child(key);
         self.array(key)?
             .iter()

@@ -7,13 +7,12 @@
 //! sleeps a fixed time: an idle connected client wakes only for its heartbeat.
 //!
 //! Every branch is cancel-safe: `watch::Receiver::changed`, `Signal::recv`, `mpsc::Receiver::recv` and a `Sleep`
-//! are documented cancel-safe, and the socket's read and flush branches keep all their state in
-//! [`transport::Socket`] (see there). The flush branch comes last, so writes are batched per burst of work.
+//! are documented cancel-safe, and the socket branch keeps all its state in [`transport::Socket`] (see there). The
+//! socket branch comes last, so a burst of statuses from the handlers is queued before it flushes them in one write.
 
-pub mod metrics;
-pub mod transport;
+pub(crate) mod metrics;
+pub(crate) mod transport;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -28,16 +27,17 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::handler::{HandlerEvent, JobHandler, StatusSender};
-use crate::machine::{self, Action, Event, Input, Machine, StopReason};
+use crate::machine::{self, Action, Event, Incoming, Input, Machine, StopReason};
+use crate::protocol::TrustedSignerError;
 use crate::protocol::keys::Hotkey;
-use crate::protocol::signature::TrustedSignerError;
 use crate::protocol::{
-    DecodeError, HordeFailureReason, JobRejectionReason, JobRequest, JobStatusUpdate,
-    ServerMessage, TrustedSigners, decode_server_frame, signature,
+    DecodeError, HordeFailureReason, JobRejectionReason, JobStatusUpdate, TrustedSigners,
+    decode_server_frame,
 };
 
 pub use metrics::{Metrics, MetricsHandle, Peaks};
-pub use transport::{Endpoint, TransportLimits, UrlError};
+pub(crate) use transport::Endpoint;
+pub use transport::{TransportLimits, UrlError};
 
 /// Everything the client needs to know besides the hotkey and the handler.
 #[derive(Debug, Clone)]
@@ -214,34 +214,24 @@ struct Loop {
     shutdown_requests: u32,
     stop_requested_at: Option<Instant>,
     ping_sent_at: Option<Instant>,
-    /// Inputs of the last batch read from the socket, not yet stepped; dropped with their socket.
-    read_ahead: VecDeque<Input>,
-    /// The socket events of one read, before they become inputs (kept to reuse its allocation).
+    /// The socket events of one read, before they become one input (kept to reuse its allocation).
     batch: Vec<transport::SocketEvent>,
+    /// The most events one read brought.
+    batch_peak: usize,
     /// Repeated warnings a flood could cause, one line per kind per interval.
     warnings: WarnLimiter,
 }
 
-/// At most this many socket events are read in one go. Their job requests' signatures are verified in one batch,
-/// which costs less per job than one check each; shutdown requests and deadlines still go first between inputs.
+/// At most this many socket events are read in one go and given to the machine as one input: it checks their job
+/// requests' signatures in one batch, which costs less per job than one check each.
 const READ_BATCH: usize = 64;
-
-/// With this many messages queued, writing goes before reading: the flush normally waits until nothing else is
-/// ready, and a facilitator that never pauses its pushes must not starve the client's answers and Pings.
-const FLUSH_BACKLOG: usize = 256;
 
 /// What woke the loop.
 enum WakeUp {
-    Input(Input),
+    Tick,
     ShutdownRequest(u32),
-    Socket(transport::SocketEvent),
-    /// Events were read into `Loop::batch`.
-    SocketBatch,
-    /// `Loop::read_ahead` has the next input.
-    ReadAhead,
+    Socket(transport::Polled),
     Handler(HandlerEvent),
-    /// Everything queued was written out.
-    Flushed,
 }
 
 impl Loop {
@@ -271,8 +261,8 @@ impl Loop {
             shutdown_requests: 0,
             stop_requested_at: None,
             ping_sent_at: None,
-            read_ahead: VecDeque::new(),
-            batch: Vec::new(),
+            batch: Vec::with_capacity(READ_BATCH),
+            batch_peak: 0,
             warnings: WarnLimiter::default(),
         }
     }
@@ -299,19 +289,8 @@ impl Loop {
                 armed = deadline;
             }
             let accepts_statuses = self.machine.accepts_statuses();
-            let (socket_active, needs_flush) = (self.socket.is_active(), self.socket.needs_flush());
-            let has_read_ahead = !self.read_ahead.is_empty();
-            let backlogged = needs_flush && self.socket.backlog() >= FLUSH_BACKLOG;
-            let mut yielded = false;
-            // The read branch and the flush branch both use the socket, never at once: select! polls its branches
-            // one after another and neither holds the lock across polls (a Mutex rather than a RefCell only
-            // because the run future must be Send; it is never contended).
-            let socket = std::sync::Mutex::new(&mut self.socket);
-            let socket = || {
-                socket
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            };
+            // Statuses of running jobs may be on their way: let them join the next write.
+            let yield_first = self.machine.running_job_count() > 0;
             let wake = tokio::select! {
                 biased;
                 changed = self.shutdown_rx.changed() => match changed {
@@ -327,65 +306,29 @@ impl Loop {
                 },
                 Some(()) = recv_signal(&mut self.signals) => WakeUp::ShutdownRequest(1),
                 _ = &mut until => WakeUp::ShutdownRequest(1),
-                () = &mut sleep, if armed.is_some() => WakeUp::Input(Input::Tick),
-                // A large backlog is written before anything more is read (see FLUSH_BACKLOG).
-                flushed = std::future::poll_fn(|cx| socket().poll_flush(cx)), if backlogged => match flushed {
-                    Some(event) => WakeUp::Socket(event),
-                    None => WakeUp::Flushed,
-                },
-                // Inputs already read go before reading more.
-                () = std::future::ready(()), if has_read_ahead => WakeUp::ReadAhead,
-                () = std::future::poll_fn(|cx| socket().poll_events(cx, &mut self.batch, READ_BATCH)),
-                    if socket_active && !has_read_ahead => WakeUp::SocketBatch,
+                () = &mut sleep, if armed.is_some() => WakeUp::Tick,
                 Some(event) = self.handler_rx.recv(), if accepts_statuses => WakeUp::Handler(event),
-                // Last: only when nothing else is ready, so what this turn and the ones before it queued goes out in
-                // one write (one system call per burst, not one per status). It first yields once to the other
-                // tasks, so statuses that job handlers are ready to send join this write.
-                flushed = std::future::poll_fn(|cx| {
-                    if !yielded {
-                        yielded = true;
-                        cx.waker().wake_by_ref();
-                        return std::task::Poll::Pending;
-                    }
-                    socket().poll_flush(cx)
-                }), if needs_flush => {
-                    match flushed {
-                        Some(event) => WakeUp::Socket(event),
-                        None => WakeUp::Flushed,
-                    }
-                }
+                polled = std::future::poll_fn(|cx| {
+                    self.socket.poll(cx, &mut self.batch, READ_BATCH, yield_first)
+                }), if self.socket.is_active() => WakeUp::Socket(polled),
             };
             // The one clock read of this turn.
             let now = Instant::now();
             let input = match wake {
-                WakeUp::Input(input) => input,
-                WakeUp::Flushed => continue,
+                WakeUp::Tick => Input::Tick,
                 WakeUp::ShutdownRequest(0) => continue,
-                WakeUp::ShutdownRequest(new) => {
-                    self.shutdown_requests = self.shutdown_requests.saturating_add(new);
-                    if self.stop_requested_at.is_none() {
-                        self.stop_requested_at = Some(now);
-                    }
-                    if self.shutdown_requests >= 2 {
-                        info!("second shutdown request: stopping now");
-                        Input::ForceStop
-                    } else {
-                        info!("shutdown requested: draining (request again to stop at once)");
-                        Input::Shutdown
+                WakeUp::ShutdownRequest(new) => self.shutdown_request(new, now),
+                WakeUp::Socket(transport::Polled::Read) => match self.take_batch(now) {
+                    Some(input) => input,
+                    None => continue,
+                },
+                WakeUp::Socket(transport::Polled::Flushed) => continue,
+                WakeUp::Socket(transport::Polled::Failed(event)) => {
+                    match self.socket_input(event, now) {
+                        Some(input) => input,
+                        None => continue,
                     }
                 }
-                WakeUp::Socket(event) => match self.socket_input(event, now) {
-                    Some(input) => input,
-                    None => continue,
-                },
-                WakeUp::SocketBatch => match self.take_batch(now) {
-                    Some(input) => input,
-                    None => continue,
-                },
-                WakeUp::ReadAhead => match self.read_ahead.pop_front() {
-                    Some(input) => input,
-                    None => continue,
-                },
                 WakeUp::Handler(HandlerEvent::Status(update)) => Input::Status(update),
                 WakeUp::Handler(HandlerEvent::Finished(uuid)) => {
                     // Reap finished tasks so the JoinSet does not grow with the number of jobs.
@@ -401,69 +344,93 @@ impl Loop {
         self.finish(reason).await
     }
 
-    /// Turns the events of one read into inputs, verifies the signatures of the job requests among them in one
-    /// batch (a cache for the machine's own check, which still decides: see `signature::verify_batch`), and returns
-    /// the first input; the others wait in `read_ahead`.
-    fn take_batch(&mut self, now: Instant) -> Option<Input> {
-        let mut events = std::mem::take(&mut self.batch);
-        for event in events.drain(..) {
-            if let Some(input) = self.socket_input(event, now) {
-                self.read_ahead.push_back(input);
-            }
+    /// A shutdown request (the first drains, a second stops at once).
+    fn shutdown_request(&mut self, new: u32, now: Instant) -> Input {
+        self.shutdown_requests = self.shutdown_requests.saturating_add(new);
+        if self.stop_requested_at.is_none() {
+            self.stop_requested_at = Some(now);
         }
-        self.batch = events;
-        // Only jobs the machine may accept are worth it: while draining it refuses them unchecked.
-        if self.machine.state().kind() == machine::StateKind::Running {
-            let jobs: Vec<Arc<JobRequest>> = self
-                .read_ahead
-                .iter()
-                .filter_map(|input| match input {
-                    Input::Frame(ServerMessage::JobRequest(job)) => Some(Arc::clone(job)),
-                    _ => None,
-                })
-                .collect();
-            if jobs.len() > 1 {
-                signature::verify_batch(&jobs);
-            }
+        if self.shutdown_requests >= 2 {
+            info!("second shutdown request: stopping now");
+            Input::ForceStop
+        } else {
+            info!("shutdown requested: draining (request again to stop at once)");
+            Input::Shutdown
         }
-        self.read_ahead.pop_front()
     }
 
-    /// Turns a socket event into an input; `None` for events the machine does not care about.
+    /// Turns the events of one read into one input: the socket's opening or end alone (the socket never puts one
+    /// behind messages in a batch), or every message read as [`Input::Frames`].
+    fn take_batch(&mut self, now: Instant) -> Option<Input> {
+        let mut events = std::mem::take(&mut self.batch);
+        self.batch_peak = self.batch_peak.max(events.len());
+        let input = match events.first() {
+            Some(transport::SocketEvent::Message(_)) => {
+                let frames: Vec<Incoming> = events
+                    .drain(..)
+                    .filter_map(|event| self.incoming(event, now))
+                    .collect();
+                (!frames.is_empty()).then_some(Input::Frames(frames))
+            }
+            Some(_) => events.pop().and_then(|event| self.socket_input(event, now)),
+            None => None,
+        };
+        events.clear();
+        self.batch = events;
+        input
+    }
+
+    /// Turns a socket event that is not a message into an input.
     fn socket_input(&mut self, event: transport::SocketEvent, now: Instant) -> Option<Input> {
         use transport::SocketEvent;
-        let limit = self.client.config.limits.max_message_size;
-        let metrics = &self.client.metrics;
         Some(match event {
             SocketEvent::Opened => Input::SocketOpened,
             SocketEvent::OpenFailed(why) | SocketEvent::Failed(why) => Input::SocketFailed(why),
             SocketEvent::Closed(code) => Input::SocketClosed(code),
+            SocketEvent::Message(_) => {
+                return self
+                    .incoming(event, now)
+                    .map(|frame| Input::Frames(vec![frame]));
+            }
+        })
+    }
+
+    /// Decodes a message read from the socket; `None` for those the machine does not care about.
+    fn incoming(&mut self, event: transport::SocketEvent, now: Instant) -> Option<Incoming> {
+        use transport::SocketEvent;
+        let limit = self.client.config.limits.max_message_size;
+        let metrics = &self.client.metrics;
+        Some(match event {
             SocketEvent::Message(Message::Text(text)) => {
                 match decode_server_frame(text.as_str(), limit) {
                     Ok(message) => {
-                        metrics.count_in(message_name(&message));
-                        Input::Frame(message)
+                        metrics.count_in(message.message_type());
+                        Incoming::Message(message)
                     }
                     Err(error) => {
                         metrics.count_in("undecodable");
-                        Input::Undecodable(error)
+                        Incoming::Undecodable(error)
                     }
                 }
             }
             SocketEvent::Message(Message::Binary(_)) => {
                 metrics.count_in("binary");
-                Input::Undecodable(DecodeError::Binary)
+                Incoming::Undecodable(DecodeError::Binary)
             }
             SocketEvent::Message(Message::Pong(_)) => {
                 if let Some(sent) = self.ping_sent_at.take() {
                     metrics.set_rtt(now - sent);
                 }
-                Input::Pong
+                Incoming::Pong
             }
             // Pings are answered by tungstenite; raw frames never surface when reading messages.
             SocketEvent::Message(Message::Ping(_) | Message::Frame(_) | Message::Close(_)) => {
                 return None;
             }
+            SocketEvent::Opened
+            | SocketEvent::OpenFailed(_)
+            | SocketEvent::Failed(_)
+            | SocketEvent::Closed(_) => return None,
         })
     }
 
@@ -472,12 +439,9 @@ impl Loop {
         let mut stopped = None;
         for action in actions {
             match action {
-                Action::Open => {
-                    // Whatever was read from an earlier socket is stale now.
-                    self.read_ahead.clear();
-                    self.socket
-                        .open(&self.client.endpoint, self.client.config.limits)
-                }
+                Action::Open => self
+                    .socket
+                    .open(&self.client.endpoint, self.client.config.limits),
                 Action::Send(message) => {
                     let name = message.message_type();
                     if self.socket.send(Message::text(message.to_json())) {
@@ -497,10 +461,7 @@ impl Loop {
                     info!("closing the connection with code {code}");
                     self.socket.close(code);
                 }
-                Action::Abort => {
-                    self.read_ahead.clear();
-                    self.socket.abort()
-                }
+                Action::Abort => self.socket.abort(),
                 Action::Dispatch(job) => {
                     let uuid = job.uuid().to_owned();
                     let statuses = StatusSender::new(uuid.clone(), self.handler_tx.clone());
@@ -534,7 +495,7 @@ impl Loop {
         }
         self.client
             .metrics
-            .update(&self.machine, self.read_ahead.len(), self.socket.backlog());
+            .update(&self.machine, self.batch_peak, self.socket.backlog());
         stopped
     }
 
@@ -589,14 +550,6 @@ async fn recv_signal(signals: &mut Option<(Signal, Signal)>) -> Option<()> {
             }
         }
         None => std::future::pending().await,
-    }
-}
-
-fn message_name(message: &crate::protocol::ServerMessage) -> &'static str {
-    match message {
-        crate::protocol::ServerMessage::Response(_) => "Response",
-        crate::protocol::ServerMessage::JobRequest(_) => "V2JobRequest",
-        crate::protocol::ServerMessage::JobCheated(_) => "V0JobCheated",
     }
 }
 

@@ -1,15 +1,18 @@
 //! The socket: opening a WebSocket to the facilitator (TCP, TLS for `wss://`, handshake with the validator
 //! headers) and moving frames in and out of it without ever losing or splitting one.
 //!
-//! Cancel safety is the point of this module. The loop's `select!` polls [`Socket::poll_event`] through a
-//! `poll_fn`, which may be dropped whenever another branch wins. That is safe because the poll function keeps no
-//! state of its own: outgoing messages wait in [`Socket`]'s own queue and leave it only inside `poll_event`, in the
-//! same synchronous step as `start_send`, which hands the whole frame to tungstenite's write buffer. From there
-//! [`Socket::poll_flush`] writes it out across as many polls as it takes, keeping partial progress in that buffer.
-//! So a message is either still queued here or entirely in tungstenite's buffer; dropping the poll future loses
-//! neither. Reading does not flush: the loop flushes when nothing else is ready, so a burst of statuses goes out
-//! in one write instead of one system call each.
-//! Nothing here reads the clock or decides anything: timeouts are the machine's.
+//! Cancel safety is the point of this module. The loop's `select!` polls [`Socket::poll`] through a `poll_fn`,
+//! which may be dropped whenever another branch wins. That is safe because the poll function keeps no state of its
+//! own: outgoing messages wait in [`Socket`]'s own queue and leave it only in the same synchronous step as
+//! `start_send`, which hands the whole frame to tungstenite's write buffer; from there flushing writes it out
+//! across as many polls as it takes, keeping partial progress in that buffer. So a message is either still queued
+//! here or entirely in tungstenite's buffer; dropping the poll future loses neither.
+//!
+//! [`Socket::poll`] is the one place that decides the order of reading and writing: a large backlog is written
+//! before anything more is read (a facilitator that never pauses must not starve our answers and Pings); otherwise
+//! what can be read is read, in batches; and only when nothing is left to read is the queue flushed, so a burst of
+//! statuses goes out in one write instead of one system call each.
+//! Nothing here reads the clock or decides anything about the protocol: timeouts are the machine's.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -27,7 +30,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The open WebSocket.
-pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 type Connecting = Pin<Box<dyn Future<Output = Result<WsStream, String>> + Send>>;
 
@@ -69,7 +72,7 @@ impl TransportLimits {
 
 /// The validated facilitator address and the handshake request built from it.
 #[derive(Debug, Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     url: String,
     runner_version: String,
     validator_version: String,
@@ -89,7 +92,7 @@ pub struct UrlError {
 
 impl Endpoint {
     /// Checks the URL (scheme `ws` or `wss`, a host) and keeps the header values to send.
-    pub fn new(
+    pub(crate) fn new(
         url: &str,
         runner_version: &str,
         validator_version: &str,
@@ -120,7 +123,7 @@ impl Endpoint {
     }
 
     /// The URL.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
@@ -152,9 +155,23 @@ impl Endpoint {
     }
 }
 
+/// With this many messages queued, writing goes before reading (see [`Socket::poll`]).
+const FLUSH_BACKLOG: usize = 256;
+
+/// What [`Socket::poll`] did.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    /// Events were read into the batch.
+    Read,
+    /// Everything queued was written out.
+    Flushed,
+    /// Writing failed: the socket is gone.
+    Failed(SocketEvent),
+}
+
 /// What the socket reports to the loop.
 #[derive(Debug)]
-pub enum SocketEvent {
+pub(crate) enum SocketEvent {
     /// The WebSocket handshake completed.
     Opened,
     /// Opening failed.
@@ -168,7 +185,7 @@ pub enum SocketEvent {
 }
 
 /// The socket as the loop holds it: none, being opened, or open with its outgoing queue.
-pub enum Socket {
+pub(crate) enum Socket {
     /// No socket.
     None,
     /// TCP/TLS/WebSocket handshake under way.
@@ -178,35 +195,78 @@ pub enum Socket {
 }
 
 /// An open WebSocket and the messages waiting to be handed to it.
-pub struct Conn {
+pub(crate) struct Conn {
     ws: WsStream,
     outgoing: VecDeque<Message>,
     needs_flush: bool,
     /// The socket's end (closed or failed), read in a batch behind other messages: reported by the next poll, so
     /// the messages before it are handled while the socket still counts as open, as when read one at a time.
     ended: Option<SocketEvent>,
+    /// The flush yielded once to the runtime and goes ahead on the next poll (see [`Socket::poll`]).
+    yielded: bool,
+}
+
+impl Polled {
+    fn from_flush(flushed: Option<SocketEvent>) -> Polled {
+        match flushed {
+            None => Polled::Flushed,
+            Some(failed) => Polled::Failed(failed),
+        }
+    }
 }
 
 impl Socket {
+    /// Drives the socket for the loop: writes a large backlog first, else reads every event already available (up
+    /// to `max`, into `batch`), else flushes what is queued. With `yield_first`, the flush first yields once to the
+    /// runtime, so that statuses the job handlers are about to send join the same write. `Pending` while there is
+    /// nothing to do.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<SocketEvent>,
+        max: usize,
+        yield_first: bool,
+    ) -> Poll<Polled> {
+        if self.backlog() >= FLUSH_BACKLOG {
+            // Nothing more is read until the backlog is written.
+            return self.poll_flush(cx).map(Polled::from_flush);
+        }
+        if self.poll_events(cx, batch, max).is_ready() {
+            return Poll::Ready(Polled::Read);
+        }
+        if !self.needs_flush() {
+            return Poll::Pending;
+        }
+        if let Socket::Open(conn) = self {
+            if yield_first && !conn.yielded {
+                conn.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            conn.yielded = false;
+        }
+        self.poll_flush(cx).map(Polled::from_flush)
+    }
+
     /// Starts opening a socket, dropping any previous one.
-    pub fn open(&mut self, endpoint: &Endpoint, limits: TransportLimits) {
+    pub(crate) fn open(&mut self, endpoint: &Endpoint, limits: TransportLimits) {
         *self = Socket::Connecting(endpoint.connect(limits));
     }
 
     /// Drops the socket at once (no close handshake).
-    pub fn abort(&mut self) {
+    pub(crate) fn abort(&mut self) {
         *self = Socket::None;
     }
 
     /// Whether there is anything to poll.
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         !matches!(self, Socket::None)
     }
 
     /// Queues a message. Returns false (and drops it) when no socket is open: the machine never asks for that, so
     /// it is a bug worth logging, not a silent loss of a status (statuses stay in the machine's outbox until
     /// acknowledged anyway).
-    pub fn send(&mut self, message: Message) -> bool {
+    pub(crate) fn send(&mut self, message: Message) -> bool {
         match self {
             Socket::Open(conn) => {
                 conn.outgoing.push_back(message);
@@ -217,7 +277,7 @@ impl Socket {
     }
 
     /// Queues the close frame.
-    pub fn close(&mut self, code: u16) -> bool {
+    pub(crate) fn close(&mut self, code: u16) -> bool {
         self.send(Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
             reason: "".into(),
@@ -225,7 +285,7 @@ impl Socket {
     }
 
     /// Whether something was queued or handed to tungstenite and not yet flushed.
-    pub fn needs_flush(&self) -> bool {
+    pub(crate) fn needs_flush(&self) -> bool {
         match self {
             Socket::Open(conn) => {
                 conn.ended.is_none() && (conn.needs_flush || !conn.outgoing.is_empty())
@@ -235,7 +295,7 @@ impl Socket {
     }
 
     /// Messages queued and not yet handed to tungstenite.
-    pub fn backlog(&self) -> usize {
+    pub(crate) fn backlog(&self) -> usize {
         match self {
             Socket::Open(conn) => conn.outgoing.len(),
             _ => 0,
@@ -244,7 +304,7 @@ impl Socket {
 
     /// Writes out everything queued: `Ready(None)` once flushed, `Ready(Some(Failed))` when writing failed (the
     /// socket is then dropped), `Pending` while the socket cannot take more.
-    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketEvent>> {
         match self {
             // Ended: what is queued is lost with the socket (the machine re-sends what was not acknowledged).
             Socket::Open(conn) if conn.ended.is_some() => Poll::Ready(None),
@@ -263,7 +323,7 @@ impl Socket {
     /// at least one was taken. Stops at an event that is not a message (opened, closed, failed), so nothing of a
     /// later socket is ever mixed in; an end read behind messages is held back for the next poll, so those
     /// messages are handled while the socket still counts as open, as when read one at a time.
-    pub fn poll_events(
+    fn poll_events(
         &mut self,
         cx: &mut Context<'_>,
         out: &mut Vec<SocketEvent>,
@@ -300,7 +360,7 @@ impl Socket {
 
     /// Drives the socket: finishes opening, hands queued messages to tungstenite, and reads (without flushing:
     /// see [`Socket::poll_flush`]). Returns the next event; `Pending` when there is nothing to report.
-    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<SocketEvent> {
         match self {
             Socket::None => Poll::Pending,
             Socket::Connecting(connecting) => match connecting.as_mut().poll(cx) {
@@ -311,6 +371,7 @@ impl Socket {
                         outgoing: VecDeque::new(),
                         needs_flush: false,
                         ended: None,
+                        yielded: false,
                     }));
                     Poll::Ready(SocketEvent::Opened)
                 }

@@ -11,11 +11,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use facilitator_client::ClientConfig;
 use facilitator_client::handler::{BoxFuture, EchoHandler, JobHandler, StatusSender};
 use facilitator_client::machine::{BackoffConfig, Event, StateKind};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::{JobRequest, JobStatus};
-use facilitator_client::runtime::ClientConfig;
 use tokio::sync::broadcast;
 
 /// What the echo handler's jobs leave at the facilitator, in order.

@@ -69,7 +69,7 @@ use state::{Command, Outgoing, Shared};
 /// ```no_run
 /// # async fn example() -> std::io::Result<()> {
 /// use std::time::Duration;
-/// use facilitator_client::facilitator::{FacilitatorConfig, JobPlan, ReferenceFacilitator};
+/// use facilitator_client::reference::{FacilitatorConfig, JobPlan, ReferenceFacilitator};
 ///
 /// let facilitator = ReferenceFacilitator::start(FacilitatorConfig {
 ///     jobs: JobPlan::count(10),
@@ -157,7 +157,7 @@ impl ReferenceFacilitator {
     /// quick and do not call the facilitator from it.
     ///
     /// ```no_run
-    /// # async fn example(facilitator: facilitator_client::facilitator::ReferenceFacilitator) {
+    /// # async fn example(facilitator: facilitator_client::reference::ReferenceFacilitator) {
     /// use std::time::Duration;
     /// let records = facilitator
     ///     .wait_for(|r| r.authenticated_connections() == 1, Duration::from_secs(5))

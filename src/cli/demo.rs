@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::CliError;
-use crate::facilitator::{AfterMessages, FacilitatorConfig, Faults, JobPlan, ReferenceFacilitator};
+use super::error::CliError;
 use crate::handler::EchoHandler;
 use crate::machine::{BackoffConfig, Event, StateKind, StopReason};
 use crate::protocol::JobStatus;
 use crate::protocol::keys::Hotkey;
+use crate::reference::{AfterMessages, FacilitatorConfig, Faults, JobPlan, ReferenceFacilitator};
 use crate::runtime::{Client, ClientConfig};
 
 /// A fixed, public demo key (never use it for anything real).
@@ -53,7 +53,7 @@ impl Style {
 }
 
 /// Runs the demo; returns the exit code (0 when every status arrived and the stop was graceful).
-pub async fn run(jobs: u64, colour: bool) -> Result<u8, CliError> {
+pub(super) async fn run(jobs: u64, colour: bool) -> Result<u8, CliError> {
     let style = Style { colour };
     let fatal = |what: String| CliError::Fatal(what);
     // The first connection is dropped in the middle of a job, after about half the jobs' messages (auth +

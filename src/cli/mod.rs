@@ -9,22 +9,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::facilitator::{self, FacilitatorConfig, JobPlan, Validators};
 use crate::handler::{EchoHandler, ExecHandler, JobHandler};
 use crate::machine;
 use crate::protocol::keys::{Hotkey, SEED_ENV_VAR, ss58_decode};
+use crate::reference::{self, FacilitatorConfig, JobPlan, Validators};
 use crate::runtime::{Client, ClientConfig, ConfigError};
 
-/// How a subcommand failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CliError {
-    /// A bad flag, file, seed, wallet or URL: exit 2.
-    #[error("{0}")]
-    Usage(String),
-    /// A failure at run time: exit 1.
-    #[error("{0}")]
-    Fatal(String),
-}
+mod demo;
+mod error;
+
+pub use error::CliError;
 
 /// The `run` flags, as given (strings for durations so their errors can name the flag).
 #[derive(Debug, Clone, Default)]
@@ -372,11 +366,9 @@ pub fn serve(options: ServeOptions) -> Result<u8, CliError> {
         jobs: JobPlan::count(options.jobs).every(interval),
         ..FacilitatorConfig::default()
     };
-    runtime()?
-        .block_on(facilitator::serve(config))
-        .map_err(|e| {
-            CliError::Fatal(format!("the reference facilitator failed on {listen}: {e}"))
-        })?;
+    runtime()?.block_on(reference::serve(config)).map_err(|e| {
+        CliError::Fatal(format!("the reference facilitator failed on {listen}: {e}"))
+    })?;
     Ok(0)
 }
 
@@ -387,7 +379,7 @@ pub fn demo(jobs: u64) -> Result<u8, CliError> {
         return Err(usage("--jobs must be at least 1"));
     }
     init_logging("warn");
-    runtime()?.block_on(crate::demo::run(
+    runtime()?.block_on(demo::run(
         jobs,
         std::io::IsTerminal::is_terminal(&std::io::stdout()),
     ))

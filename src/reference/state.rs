@@ -294,16 +294,16 @@ impl State {
     }
 
     /// Jobs created whose terminal status has not been stored yet.
-    pub fn open_jobs(&self) -> usize {
+    pub(super) fn open_jobs(&self) -> usize {
         self.open_jobs
     }
 
-    pub fn faults(&self) -> &Faults {
+    pub(super) fn faults(&self) -> &Faults {
         &self.faults.faults
     }
 
     /// Replaces the faults and resets their "first K" budgets.
-    pub fn set_faults(&mut self, faults: Faults) {
+    pub(super) fn set_faults(&mut self, faults: Faults) {
         self.faults = FaultState::new(faults);
     }
 
@@ -314,7 +314,7 @@ impl State {
         uuid
     }
 
-    pub fn reject_handshake(&mut self, peer: SocketAddr, path: String, now: Instant) {
+    pub(super) fn reject_handshake(&mut self, peer: SocketAddr, path: String, now: Instant) {
         log::info!("refused an upgrade from {peer} to {path:?}: the only route is /ws/v0/");
         self.records.rejected_handshakes.push(RejectedHandshake {
             at: now,
@@ -324,7 +324,7 @@ impl State {
     }
 
     /// Registers a connection whose WebSocket handshake completed.
-    pub fn open_connection(
+    pub(super) fn open_connection(
         &mut self,
         peer: SocketAddr,
         runner_version: Option<String>,
@@ -366,7 +366,7 @@ impl State {
         (id, self.faults.for_new_connection())
     }
 
-    pub fn end_connection(&mut self, id: ConnectionId, end: ConnectionEnd, now: Instant) {
+    pub(super) fn end_connection(&mut self, id: ConnectionId, end: ConnectionEnd, now: Instant) {
         self.live.remove(&id);
         if let Some(record) = self.records.connection_mut(id) {
             log::info!(
@@ -381,32 +381,32 @@ impl State {
     }
 
     /// The connection will write nothing more: frames go to other connections or wait in the queue.
-    pub fn stop_delivering(&mut self, id: ConnectionId) {
+    pub(super) fn stop_delivering(&mut self, id: ConnectionId) {
         if let Some(live) = self.live.get_mut(&id) {
             live.deliverable = false;
         }
     }
 
-    pub fn mark_stalled(&mut self, id: ConnectionId) {
+    pub(super) fn mark_stalled(&mut self, id: ConnectionId) {
         log::info!("connection {id} stalled (fault): no more reading or writing");
         if let Some(record) = self.records.connection_mut(id) {
             record.stalled = true;
         }
     }
 
-    pub fn record_close_sent(&mut self, id: ConnectionId, code: u16) {
+    pub(super) fn record_close_sent(&mut self, id: ConnectionId, code: u16) {
         if let Some(record) = self.records.connection_mut(id) {
             record.close_sent = Some(code);
         }
     }
 
-    pub fn record_close_received(&mut self, id: ConnectionId, code: u16) {
+    pub(super) fn record_close_received(&mut self, id: ConnectionId, code: u16) {
         if let Some(record) = self.records.connection_mut(id) {
             record.close_received = Some(code);
         }
     }
 
-    pub fn record_response(&mut self, id: ConnectionId, response: Response, now: Instant) {
+    pub(super) fn record_response(&mut self, id: ConnectionId, response: Response, now: Instant) {
         self.records.responses.push(ResponseRecord {
             connection: id,
             at: now,
@@ -414,7 +414,7 @@ impl State {
         });
     }
 
-    pub fn record_push(&mut self, id: ConnectionId, kind: PushKind, now: Instant) {
+    pub(super) fn record_push(&mut self, id: ConnectionId, kind: PushKind, now: Instant) {
         if let PushKind::Job(uuid) = &kind {
             let record = match uuid::parse(uuid) {
                 Some(key) => self.jobs.get(&key).map(|entry| entry.record),
@@ -432,7 +432,7 @@ impl State {
     }
 
     /// Sends a command to every running connection.
-    pub fn command_all(&mut self, command: impl Fn() -> Command) {
+    pub(super) fn command_all(&mut self, command: impl Fn() -> Command) {
         for live in self.live.values() {
             // A send fails only when the task is ending; it then needs no command.
             let _ = live.commands.send(command());
@@ -440,7 +440,7 @@ impl State {
     }
 
     /// Ends every running connection at once, without a close frame.
-    pub fn kill_all(&mut self) {
+    pub(super) fn kill_all(&mut self) {
         for live in self.live.values() {
             live.kill.send_replace(true);
         }
@@ -481,7 +481,7 @@ impl State {
 
     /// Pushes a frame to every authenticated connection, as the real facilitator does; queues it while there is
     /// none.
-    pub fn deliver(&mut self, outgoing: Outgoing) {
+    pub(super) fn deliver(&mut self, outgoing: Outgoing) {
         let mut delivered = false;
         for live in self
             .live
@@ -496,13 +496,18 @@ impl State {
     }
 
     /// Handles a binary frame: a parse-error Response of type `json_type` (5.3).
-    pub fn handle_binary(&mut self, id: ConnectionId, bytes: Vec<u8>, now: Instant) -> Decision {
+    pub(super) fn handle_binary(
+        &mut self,
+        id: ConnectionId,
+        bytes: Vec<u8>,
+        now: Instant,
+    ) -> Decision {
         self.record_message(id, ClientFrame::Binary(bytes), None, now);
         Decision::reply(parse_errors::binary_frame())
     }
 
     /// Handles a text frame (3.0): parse with the server's rules, then dispatch.
-    pub fn handle_text(&mut self, id: ConnectionId, text: &str, now: Instant) -> Decision {
+    pub(super) fn handle_text(&mut self, id: ConnectionId, text: &str, now: Instant) -> Decision {
         let message = match ClientMessage::from_json(text) {
             Ok(message) => message,
             Err(e) => {

@@ -55,7 +55,7 @@ pub enum Validators {
 ///
 /// ```
 /// use std::time::Duration;
-/// use facilitator_client::facilitator::JobPlan;
+/// use facilitator_client::reference::JobPlan;
 /// let plan = JobPlan::count(100).every(Duration::from_millis(10)).max_open(8);
 /// assert_eq!(plan.total, Some(100));
 /// ```
