@@ -759,23 +759,21 @@ impl Sim {
         }
         // Producers wait, and job requests go unanswered, while the outbox is full; only the `horde_failed` of
         // cancelled jobs (at most max_running_jobs) go in past it.
-        if m.outbox().len() > config.outbox_capacity + config.max_running_jobs {
+        if m.held_len() > config.outbox_capacity + config.max_running_jobs {
             return Err(format!(
                 "outbox holds {}, over capacity {} + max_running_jobs {}",
-                m.outbox().len(),
+                m.held_len(),
                 config.outbox_capacity,
                 config.max_running_jobs
             ));
         }
-        if c.statuses_accepted
-            != c.statuses_delivered + c.statuses_refused + m.outbox().len() as u64
-        {
+        if c.statuses_accepted != c.statuses_delivered + c.statuses_refused + m.held_len() as u64 {
             return Err(format!(
                 "status accounting broken: accepted {} != delivered {} + refused {} + held {}",
                 c.statuses_accepted,
                 c.statuses_delivered,
                 c.statuses_refused,
-                m.outbox().len()
+                m.held_len()
             ));
         }
         // Every handler status is stored at the facilitator, refused by it, or still held by the machine.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use backoff::Backoff;
 pub use backoff::BackoffConfig;
-pub(crate) use outbox::Outbox;
+use outbox::Outbox;
 
 use crate::protocol::{
     AuthenticationRequest, ClientMessage, DecodeError, HordeFailureReason, JobRejectionReason,
@@ -642,9 +642,19 @@ impl Machine {
         &self.counters
     }
 
-    /// The outbox (queued and in-flight status updates).
-    pub(crate) fn outbox(&self) -> &Outbox {
-        &self.outbox
+    /// Status updates held, not yet acknowledged: queued plus in flight.
+    pub fn held_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Status updates waiting to be sent.
+    pub fn queued_len(&self) -> usize {
+        self.outbox.queued_len()
+    }
+
+    /// Status updates sent and not yet acknowledged.
+    pub fn in_flight_len(&self) -> usize {
+        self.outbox.in_flight_len()
     }
 
     /// UUIDs of jobs dispatched and not yet finished.

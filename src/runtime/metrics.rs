@@ -88,13 +88,13 @@ impl MetricsHandle {
         let mut m = self.lock();
         m.state = machine.state().kind();
         m.counters.clone_from(machine.counters());
-        m.outbox_queued = machine.outbox().queued_len();
-        m.in_flight = machine.outbox().in_flight_len();
+        m.outbox_queued = machine.queued_len();
+        m.in_flight = machine.in_flight_len();
         m.running_jobs = machine.running_job_count();
         let p = &mut m.peaks;
         p.running_jobs = p.running_jobs.max(machine.running_job_count());
-        p.outbox = p.outbox.max(machine.outbox().len());
-        p.in_flight = p.in_flight.max(machine.outbox().in_flight_len());
+        p.outbox = p.outbox.max(machine.held_len());
+        p.in_flight = p.in_flight.max(machine.in_flight_len());
         p.read_ahead = p.read_ahead.max(read_ahead);
         p.socket_backlog = p.socket_backlog.max(socket_backlog);
     }
