@@ -1,0 +1,54 @@
+//! The machine's counters: everything the metrics snapshot needs that the machine decides.
+
+/// Counters kept by the machine: everything the metrics snapshot needs that the machine decides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connection attempts started (`Open` issued).
+    pub connects: u64,
+    /// Successful authentications.
+    pub authentications: u64,
+    /// Successful authentications after the first.
+    pub reconnects: u64,
+    /// Attempts that ended without authentication (auth error, timeout, socket failure, garbage reply).
+    pub auth_failures: u64,
+    /// Authenticated connections that were lost (socket failed or closed, peer silent).
+    pub disconnects: u64,
+    /// Status updates accepted into the outbox.
+    pub statuses_accepted: u64,
+    /// Status updates written to a socket, counting re-sends.
+    pub statuses_sent: u64,
+    /// Sends of a status that had been sent before.
+    pub statuses_resent: u64,
+    /// Status updates stored by the facilitator.
+    pub statuses_delivered: u64,
+    /// Status updates refused by the facilitator (`job.not_found`, other errors); not retried.
+    pub statuses_refused: u64,
+    /// Status updates accepted after the machine stopped (reported undelivered).
+    pub statuses_after_stop: u64,
+    /// Job requests accepted and dispatched.
+    pub jobs_accepted: u64,
+    /// Job requests rejected: bad, missing or untrusted signature.
+    pub jobs_rejected_signature: u64,
+    /// Job requests rejected because the client is draining.
+    pub jobs_rejected_busy: u64,
+    /// Job requests rejected (`busy`) because `max_running_jobs` jobs were running.
+    pub jobs_rejected_full: u64,
+    /// Job requests not answered at all because the outbox was full (the facilitator's own timeout fails them).
+    pub jobs_unanswered: u64,
+    /// Job requests rejected because they failed validation.
+    pub jobs_rejected_invalid: u64,
+    /// Job requests for a job already running (ignored).
+    pub jobs_duplicate: u64,
+    /// Jobs cancelled at the drain deadline or on a stop.
+    pub jobs_cancelled: u64,
+    /// Frames that could not be decoded (including binary frames).
+    pub decode_errors: u64,
+    /// Binary frames (ignored).
+    pub binary_frames: u64,
+    /// Responses with nothing in flight (ignored).
+    pub unexpected_responses: u64,
+    /// Cheat reports received.
+    pub cheat_reports: u64,
+    /// Heartbeats sent.
+    pub heartbeats: u64,
+}

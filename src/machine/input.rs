@@ -1,0 +1,193 @@
+//! What the machine is told (inputs) and what it asks its driver to do (actions), with their kinds as named in
+//! `states/transitions.json`.
+
+use std::sync::Arc;
+
+use crate::protocol::{ClientMessage, DecodeError, JobRequest, JobStatusUpdate, ServerMessage};
+
+use super::event::{Event, StopReason};
+
+/// Everything that can happen to the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The deadline from [`Machine::poll_timeout`] passed.
+    Tick,
+    /// The WebSocket handshake completed (after `Action::Open`).
+    SocketOpened,
+    /// Opening, reading or writing the socket failed.
+    SocketFailed(String),
+    /// A decoded text frame from the facilitator.
+    Frame(ServerMessage),
+    /// A frame that could not be decoded (including binary frames).
+    Undecodable(DecodeError),
+    /// A WebSocket Pong arrived.
+    Pong,
+    /// What one read of the socket brought, in order: the machine checks the signatures of the job requests among
+    /// them in one batch (cheaper per job than one check each), then handles each as its own input.
+    Frames(Vec<Incoming>),
+    /// The peer closed the connection (with its close code, if it sent one).
+    SocketClosed(Option<u16>),
+    /// A job handler produced a status update.
+    Status(JobStatusUpdate),
+    /// A job handler finished (it will produce no more statuses).
+    JobFinished(String),
+    /// First shutdown signal, or the API's shutdown handle.
+    Shutdown,
+    /// Second shutdown signal.
+    ForceStop,
+}
+
+/// One thing read from the socket, as part of [`Input::Frames`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A decoded text frame (as [`Input::Frame`]).
+    Message(ServerMessage),
+    /// A frame that could not be decoded (as [`Input::Undecodable`]).
+    Undecodable(DecodeError),
+    /// A WebSocket Pong (as [`Input::Pong`]).
+    Pong,
+}
+
+/// The input kinds, as named in `states/transitions.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InputKind {
+    Tick,
+    SocketOpened,
+    SocketFailed,
+    Frame,
+    Undecodable,
+    Pong,
+    Frames,
+    SocketClosed,
+    Status,
+    JobFinished,
+    Shutdown,
+    ForceStop,
+}
+
+impl InputKind {
+    /// Every input kind.
+    pub const ALL: [InputKind; 12] = [
+        InputKind::Tick,
+        InputKind::SocketOpened,
+        InputKind::SocketFailed,
+        InputKind::Frame,
+        InputKind::Undecodable,
+        InputKind::Pong,
+        InputKind::Frames,
+        InputKind::SocketClosed,
+        InputKind::Status,
+        InputKind::JobFinished,
+        InputKind::Shutdown,
+        InputKind::ForceStop,
+    ];
+
+    /// The name used in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::Tick => "Tick",
+            InputKind::SocketOpened => "SocketOpened",
+            InputKind::SocketFailed => "SocketFailed",
+            InputKind::Frame => "Frame",
+            InputKind::Undecodable => "Undecodable",
+            InputKind::Pong => "Pong",
+            InputKind::Frames => "Frames",
+            InputKind::SocketClosed => "SocketClosed",
+            InputKind::Status => "Status",
+            InputKind::JobFinished => "JobFinished",
+            InputKind::Shutdown => "Shutdown",
+            InputKind::ForceStop => "ForceStop",
+        }
+    }
+}
+
+impl Input {
+    /// The kind of this input.
+    pub fn kind(&self) -> InputKind {
+        match self {
+            Input::Tick => InputKind::Tick,
+            Input::SocketOpened => InputKind::SocketOpened,
+            Input::SocketFailed(_) => InputKind::SocketFailed,
+            Input::Frame(_) => InputKind::Frame,
+            Input::Undecodable(_) => InputKind::Undecodable,
+            Input::Pong => InputKind::Pong,
+            Input::Frames(_) => InputKind::Frames,
+            Input::SocketClosed(_) => InputKind::SocketClosed,
+            Input::Status(_) => InputKind::Status,
+            Input::JobFinished(_) => InputKind::JobFinished,
+            Input::Shutdown => InputKind::Shutdown,
+            Input::ForceStop => InputKind::ForceStop,
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Open a socket to the facilitator (TCP, TLS, WebSocket handshake); report `SocketOpened` or `SocketFailed`.
+    Open,
+    /// Send one message as a text frame.
+    Send(ClientMessage),
+    /// Send a WebSocket Ping.
+    Ping,
+    /// Start the close handshake with this code.
+    Close(u16),
+    /// Drop the socket without a handshake.
+    Abort,
+    /// Start a job handler for this job.
+    Dispatch(Arc<JobRequest>),
+    /// Cancel every running job handler (kill their processes).
+    CancelJobs,
+    /// Tell the outside world something happened (logs, metrics, event stream).
+    Emit(Event),
+    /// The machine stopped: the driver ends.
+    Stop(StopReason),
+}
+
+/// The action kinds, as named in `states/transitions.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActionKind {
+    Open,
+    Send,
+    Ping,
+    Close,
+    Abort,
+    Dispatch,
+    CancelJobs,
+    Emit,
+    Stop,
+}
+
+impl ActionKind {
+    /// The name used in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Open => "Open",
+            ActionKind::Send => "Send",
+            ActionKind::Ping => "Ping",
+            ActionKind::Close => "Close",
+            ActionKind::Abort => "Abort",
+            ActionKind::Dispatch => "Dispatch",
+            ActionKind::CancelJobs => "CancelJobs",
+            ActionKind::Emit => "Emit",
+            ActionKind::Stop => "Stop",
+        }
+    }
+}
+
+impl Action {
+    /// The kind of this action.
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::Open => ActionKind::Open,
+            Action::Send(_) => ActionKind::Send,
+            Action::Ping => ActionKind::Ping,
+            Action::Close(_) => ActionKind::Close,
+            Action::Abort => ActionKind::Abort,
+            Action::Dispatch(_) => ActionKind::Dispatch,
+            Action::CancelJobs => ActionKind::CancelJobs,
+            Action::Emit(_) => ActionKind::Emit,
+            Action::Stop(_) => ActionKind::Stop,
+        }
+    }
+}
