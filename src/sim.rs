@@ -188,6 +188,12 @@ pub struct Sim {
     fed: Vec<(String, JobStatus)>,
     /// Sequence numbers the facilitator refused (job.not_found).
     refused: HashSet<u64>,
+    /// Sequence numbers fed after their job's terminal status: the machine must drop them, never send them.
+    late: HashSet<u64>,
+    /// Jobs whose handler reported a terminal status.
+    terminal_fed: HashSet<String>,
+    /// Jobs whose terminal status reached the facilitator (first sends only): nothing of theirs may follow.
+    terminal_sent: HashSet<String>,
     /// Per job: the highest sequence number sent for the first time.
     first_sent: HashMap<String, u64>,
     /// Sequence numbers sent at least once.
@@ -243,6 +249,9 @@ impl Sim {
             server_in_flight: VecDeque::new(),
             fed: Vec::new(),
             refused: HashSet::new(),
+            late: HashSet::new(),
+            terminal_fed: HashSet::new(),
+            terminal_sent: HashSet::new(),
             first_sent: HashMap::new(),
             ever_sent: HashSet::new(),
             sent_on_socket: HashMap::new(),
@@ -447,6 +456,11 @@ impl Sim {
                     let status = choices[usize::from(status) % choices.len()];
                     let seq = self.next_seq;
                     self.next_seq += 1;
+                    if self.terminal_fed.contains(&uuid) {
+                        self.late.insert(seq);
+                    } else if status.is_terminal() {
+                        self.terminal_fed.insert(uuid.clone());
+                    }
                     self.fed.push((uuid.clone(), status));
                     let mut update = JobStatusUpdate::new(uuid, status);
                     update.metadata.extra.insert("seq".into(), Value::from(seq));
@@ -736,6 +750,15 @@ impl Sim {
         }
         self.sent_on_socket.insert(uuid.clone(), seq);
         if self.ever_sent.insert(seq) {
+            if self.terminal_sent.contains(uuid) {
+                return Err(format!(
+                    "job {uuid}: {} (seq {seq}) sent after its terminal status",
+                    update.status
+                ));
+            }
+            if update.status.is_terminal() {
+                self.terminal_sent.insert(uuid.clone());
+            }
             if let Some(&last) = self.first_sent.get(uuid) {
                 if seq <= last {
                     return Err(format!("job {uuid}: seq {seq} first sent after seq {last}"));
@@ -767,6 +790,13 @@ impl Sim {
                 config.max_running_jobs
             ));
         }
+        if c.statuses_dropped_late != self.late.len() as u64 {
+            return Err(format!(
+                "{} statuses dropped as late, {} fed after their job's terminal status",
+                c.statuses_dropped_late,
+                self.late.len()
+            ));
+        }
         if c.statuses_accepted != c.statuses_delivered + c.statuses_refused + m.held_len() as u64 {
             return Err(format!(
                 "status accounting broken: accepted {} != delivered {} + refused {} + held {}",
@@ -783,6 +813,14 @@ impl Sim {
             .collect();
         for (seq, (uuid, status)) in self.fed.iter().enumerate() {
             let seq = seq as u64;
+            if self.late.contains(&seq) {
+                if held.contains(&seq) {
+                    return Err(format!(
+                        "status seq {seq} ({uuid}/{status}) came after its job's terminal status and is held"
+                    ));
+                }
+                continue;
+            }
             if !held.contains(&seq)
                 && !self.refused.contains(&seq)
                 && !self.stored.contains(&(uuid.clone(), *status))

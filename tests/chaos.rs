@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use facilitator_client::machine::{StateKind, StopReason};
+use facilitator_client::machine::{LinkLoss, Reason, StateKind, StopReason};
 use facilitator_client::protocol::testing;
 use facilitator_client::reference::{
     AuthOutcome, ConnectionId, FacilitatorConfig, JobPlan, Records, ReferenceFacilitator,
@@ -144,7 +144,13 @@ async fn a_link_dead_only_towards_the_facilitator_is_detected_by_the_unanswered_
         .find(|c| c.from == StateKind::Running && c.to == StateKind::Disconnected)
         .expect("the client left Running");
     assert!(
-        dropped.reason.contains("no Pong"),
+        matches!(
+            dropped.reason,
+            Reason::ConnectionLost {
+                cause: LinkLoss::PingUnanswered(_),
+                ..
+            }
+        ),
         "detected by the unanswered Ping while jobs kept arriving, not by silence: {:?}",
         dropped.reason
     );

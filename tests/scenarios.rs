@@ -155,6 +155,9 @@ fn render(action: &Action) -> String {
         Action::Abort => "Abort".into(),
         Action::Dispatch(job) => format!("Dispatch({})", name_of(job.uuid())),
         Action::CancelJobs => "CancelJobs".into(),
+        Action::Emit(Event::StateChanged { from, to, reason }) if from == to => {
+            format!("Emit:{to}:{}", reason.name())
+        }
         Action::Emit(Event::StateChanged { from, to, .. }) => format!("Emit:{from}->{to}"),
         Action::Emit(Event::JobAccepted { uuid }) => format!("Emit:JobAccepted({})", name_of(uuid)),
         Action::Emit(Event::JobRejected { uuid, reason, .. }) => {
@@ -175,13 +178,11 @@ fn render(action: &Action) -> String {
             format!("Emit:Refused({},{status},{error})", name_of(uuid))
         }
         Action::Emit(Event::CheatReport { .. }) => "Emit:CheatReport".into(),
-        Action::Emit(Event::Ignored { .. }) => "Emit:Ignored".into(),
+        Action::Emit(Event::Ignored(_)) => "Emit:Ignored".into(),
         Action::Emit(Event::JobUnanswered { uuid }) => {
             format!("Emit:JobUnanswered({})", name_of(uuid))
         }
-        Action::Emit(Event::DrainDeadlinePassed { jobs_cancelled, .. }) => {
-            format!("Emit:DrainDeadlinePassed(cancelled={jobs_cancelled})")
-        }
+        Action::Emit(other) => panic!("an event the scenarios cannot render: {other:?}"),
         Action::Stop(reason) => format!("Stop({reason:?})"),
     }
 }
@@ -220,7 +221,7 @@ fn run_scenario(path: &Path) -> Result<(), String> {
         let state = machine.state().kind().as_str();
         let deadline = machine
             .poll_timeout()
-            .map(|(d, why)| json!([(d - start).as_millis() as u64, why]));
+            .map(|(d, timer)| json!([(d - start).as_millis() as u64, timer.as_str()]));
         if step["state"].is_null() && bless {
             let obj = step.as_object_mut().ok_or("a step is an object")?;
             obj.insert("state".into(), json!(state));

@@ -256,10 +256,15 @@ fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
             Input::SocketClosed(Some(3001)),
             Input::SocketClosed(None),
         ],
-        InputKind::Status => vec![Input::Status(JobStatusUpdate::new(
-            job_uuid,
-            JobStatus::Accepted,
-        ))],
+        InputKind::Status => vec![
+            Input::Status(JobStatusUpdate::new(job_uuid.clone(), JobStatus::Accepted)),
+            Input::Status(JobStatusUpdate::new(job_uuid, JobStatus::Completed)),
+            // A job that is not running (it ended, or never was): dropped and counted.
+            Input::Status(JobStatusUpdate::new(
+                "00000000-0000-4000-8000-0000000dddd0",
+                JobStatus::Completed,
+            )),
+        ],
         InputKind::JobFinished => vec![Input::JobFinished(job_uuid)],
         InputKind::Shutdown => vec![Input::Shutdown],
         InputKind::ForceStop => vec![Input::ForceStop],

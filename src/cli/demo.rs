@@ -216,55 +216,27 @@ pub(super) async fn run(jobs: u64, colour: bool) -> Result<u8, CliError> {
     Ok(if ok { 0 } else { 1 })
 }
 
+/// The event's log line (its `Display`), with each job's UUID shortened to a number, and coloured by what it is.
 fn describe(event: &Event, numbers: &mut HashMap<String, usize>, style: &Style) -> Option<String> {
-    let mut job = |uuid: &str| {
+    let mut text = event.to_string();
+    if let Some(uuid) = event.job_uuid() {
         let next = numbers.len() + 1;
         let n = *numbers.entry(uuid.to_owned()).or_insert(next);
-        format!("job {n:>2} ({})", &uuid[..uuid.len().min(8)])
-    };
+        text = text.replace(&format!("job {uuid}"), &format!("job {n:>2}"));
+    }
     Some(match event {
-        Event::StateChanged { from, to, reason } => {
-            let arrow = format!("{from} -> {to}");
-            let arrow = match to {
-                StateKind::Running => style.green(&arrow),
-                StateKind::Disconnected => style.yellow(&arrow),
-                StateKind::Stopped => style.bold(&arrow),
-                _ => style.cyan(&arrow),
-            };
-            format!("{arrow} ({reason})")
+        Event::StateChanged { to, .. } => match to {
+            StateKind::Running => style.green(&text),
+            StateKind::Disconnected => style.yellow(&text),
+            StateKind::Stopped => style.bold(&text),
+            _ => style.cyan(&text),
+        },
+        Event::StatusDelivered { sends, .. } if *sends > 1 => {
+            format!("{text}{}", style.yellow(" (re-sent after the reconnect)"))
         }
-        Event::JobAccepted { uuid } => {
-            format!("{} accepted: received, dispatched to echo", job(uuid))
-        }
-        Event::JobRejected {
-            uuid,
-            reason,
-            message,
-        } => style.yellow(&format!("{} rejected ({reason}): {message}", job(uuid))),
-        Event::StatusDelivered {
-            uuid,
-            status,
-            sends,
-        } => {
-            let again = if *sends > 1 {
-                style.yellow(" (re-sent after reconnect)")
-            } else {
-                String::new()
-            };
-            format!("{} {status} delivered{again}", job(uuid))
-        }
-        Event::StatusRefused {
-            uuid,
-            status,
-            error,
-        } => style.red(&format!("{} {status} refused: {error}", job(uuid))),
-        Event::DrainDeadlinePassed { jobs_cancelled, .. } => style.yellow(&format!(
-            "drain deadline passed: {jobs_cancelled} job(s) cancelled"
-        )),
-        Event::CheatReport { job_uuid, .. } => format!("cheat report for {job_uuid}"),
-        Event::JobUnanswered { uuid } => {
-            style.red(&format!("{} not answered: the outbox is full", job(uuid)))
-        }
-        Event::Ignored { what } => style.dim(&format!("ignored {what}")),
+        Event::JobRejected { .. } => style.yellow(&text),
+        Event::StatusRefused { .. } | Event::JobUnanswered { .. } => style.red(&text),
+        Event::Ignored(_) => style.dim(&text),
+        _ => text,
     })
 }

@@ -6,6 +6,20 @@ use std::time::Duration;
 use super::backoff::BackoffConfig;
 
 /// Timeouts, limits and backoff of the machine. Every field has the architecture's default.
+///
+/// Every setting of the crate follows one pattern: a plain struct with public, documented fields and a `Default`,
+/// changed with struct-update syntax, and checked by `validate` when the client is built. Fields rather than a
+/// builder because a configuration file maps onto them one to one, and a reader sees every setting and its
+/// default in one place.
+///
+/// ```
+/// use std::time::Duration;
+/// use facilitator_client::machine::Config;
+/// let config = Config { drain_timeout: Duration::from_secs(30), ..Config::default() };
+/// assert!(config.validate().is_ok());
+/// let wrong = Config { peer_timeout: Duration::from_secs(5), ..Config::default() };
+/// assert!(wrong.validate().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// A `V0Heartbeat` and a WebSocket Ping go out this often while connected.
@@ -45,5 +59,92 @@ impl Default for Config {
             max_in_flight: 256,
             max_running_jobs: 256,
         }
+    }
+}
+
+/// The longest duration any setting may have: far beyond any sensible timeout, and small enough that adding it to
+/// any `Instant` the machine will see cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A setting that would make the machine misbehave.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The peer timeout must be longer than the heartbeat interval, or a healthy peer counts as dead.
+    #[error(
+        "the peer timeout ({peer_timeout:?}) must be longer than the heartbeat interval ({heartbeat_interval:?}), \
+         or a healthy peer counts as dead"
+    )]
+    PeerTimeoutTooShort {
+        /// The peer timeout given.
+        peer_timeout: Duration,
+        /// The heartbeat interval given.
+        heartbeat_interval: Duration,
+    },
+    /// A duration is zero, or longer than [`MAX_DURATION`].
+    #[error("{name} must be more than zero and at most a year, not {value:?}")]
+    Duration {
+        /// Which setting.
+        name: &'static str,
+        /// Its value.
+        value: Duration,
+    },
+    /// A count is zero.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// The backoff's numbers do not make a growing, capped delay.
+    #[error("the reconnect backoff is not usable: {0}")]
+    Backoff(&'static str),
+}
+
+impl Config {
+    /// Checks that the settings make sense together: every duration above zero and at most [`MAX_DURATION`] (so
+    /// no deadline can overflow an `Instant`), the peer timeout above the heartbeat interval, every limit at least
+    /// 1, a backoff whose base is at most its cap, factor at least 1 and jitter within 0..=1.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("peer_timeout", self.peer_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("drain_timeout", self.drain_timeout),
+            ("close_timeout", self.close_timeout),
+            ("backoff.base", self.backoff.base),
+            ("backoff.cap", self.backoff.cap),
+            ("backoff.stable_after", self.backoff.stable_after),
+        ] {
+            if value.is_zero() || value > MAX_DURATION {
+                return Err(ConfigError::Duration { name, value });
+            }
+        }
+        if self.peer_timeout <= self.heartbeat_interval {
+            return Err(ConfigError::PeerTimeoutTooShort {
+                peer_timeout: self.peer_timeout,
+                heartbeat_interval: self.heartbeat_interval,
+            });
+        }
+        for (name, value) in [
+            ("outbox_capacity", self.outbox_capacity),
+            ("max_in_flight", self.max_in_flight),
+            ("max_running_jobs", self.max_running_jobs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        let b = &self.backoff;
+        if b.base > b.cap {
+            return Err(ConfigError::Backoff(
+                "the base delay is longer than the cap",
+            ));
+        }
+        if !(b.factor.is_finite() && b.factor >= 1.0) {
+            return Err(ConfigError::Backoff(
+                "the factor must be a number of at least 1",
+            ));
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            return Err(ConfigError::Backoff("the jitter must be between 0 and 1"));
+        }
+        Ok(())
     }
 }

@@ -23,8 +23,9 @@ pub struct Counters {
     pub statuses_delivered: u64,
     /// Status updates refused by the facilitator (`job.not_found`, other errors); not retried.
     pub statuses_refused: u64,
-    /// Status updates accepted after the machine stopped (reported undelivered).
-    pub statuses_after_stop: u64,
+    /// Status updates a job handler sent after its job had ended (its terminal status reported, or cancelled):
+    /// dropped, never sent.
+    pub statuses_dropped_late: u64,
     /// Job requests accepted and dispatched.
     pub jobs_accepted: u64,
     /// Job requests rejected: bad, missing or untrusted signature.

@@ -1,11 +1,13 @@
 //! The pure state machine: every lifecycle decision of the client.
 //!
 //! `Machine::step(input, now)` takes one [`Input`] and the current time and returns the [`Action`]s for the driver
-//! to carry out; [`Machine::poll_timeout`] says when the machine next needs a [`Input::Tick`]. The machine owns the
-//! outbox, the in-flight FIFO, the set of running jobs, the reconnect backoff and the counters.
+//! to carry out; [`Machine::poll_timeout`] says when the machine next needs a [`Input::Tick`], and for which
+//! [`Timer`]. The machine owns the outbox, the in-flight FIFO, the set of running jobs, the reconnect backoff, the
+//! signature checks and the counters.
 //!
 //! It must never do I/O, read the clock, spawn, or sleep: that is what makes it testable on simulated time,
-//! fuzzable and embeddable. `states/transitions.json` is the table of what each (state, input) pair may do, and the
+//! fuzzable and embeddable. Every change of state goes through [`Machine::transition`], which emits one
+//! [`Event::StateChanged`]. `states/transitions.json` is the table of what each (state, input) pair may do, and the
 //! tests hold this code to it.
 
 mod backoff;
@@ -16,19 +18,18 @@ mod input;
 mod outbox;
 mod state;
 
-use std::collections::BTreeSet;
-
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use backoff::Backoff;
 pub use backoff::BackoffConfig;
-pub use config::Config;
+pub use config::{Config, ConfigError, MAX_DURATION};
 pub use counters::Counters;
-pub use event::{Event, StopReason};
+pub use event::{ConnectFailure, Event, Ignored, LinkLoss, Reason, StopCause, StopReason};
 pub use input::{Action, ActionKind, Incoming, Input, InputKind};
 use outbox::Outbox;
-pub use state::{ConnectPhase, DrainPhase, Link, State, StateKind};
+pub use state::{ConnectPhase, DrainPhase, Link, State, StateKind, Timer};
 
 use crate::protocol::{
     AuthenticationRequest, ClientMessage, DecodeError, HordeFailureReason, JobRejectionReason,
@@ -44,7 +45,9 @@ pub struct Machine {
     signers: TrustedSigners,
     state: State,
     outbox: Outbox,
-    jobs: BTreeSet<String>,
+    /// Jobs dispatched and not yet finished, each with whether its terminal status was reported (a job reports
+    /// at most one; anything after it is dropped and counted).
+    jobs: BTreeMap<String, bool>,
     backoff: Backoff,
     counters: Counters,
 }
@@ -53,7 +56,8 @@ impl Machine {
     /// A machine in Disconnected whose first connection attempt is due at `now`.
     ///
     /// `auth` is the authentication request sent on every new connection; `signers` decides which job requests
-    /// are accepted.
+    /// are accepted. `config` should have passed [`Config::validate`]; the machine itself never panics on a bad
+    /// one, but a peer timeout under the heartbeat interval, say, makes a healthy peer look dead.
     pub fn new(
         config: Config,
         auth: AuthenticationRequest,
@@ -67,7 +71,7 @@ impl Machine {
             auth,
             signers,
             state: State::Disconnected { retry_at: now },
-            jobs: BTreeSet::new(),
+            jobs: BTreeMap::new(),
             counters: Counters::default(),
         }
     }
@@ -104,7 +108,7 @@ impl Machine {
 
     /// UUIDs of jobs dispatched and not yet finished.
     pub fn running_jobs(&self) -> impl Iterator<Item = &str> {
-        self.jobs.iter().map(String::as_str)
+        self.jobs.keys().map(String::as_str)
     }
 
     /// How many jobs are dispatched and not yet finished.
@@ -124,35 +128,25 @@ impl Machine {
         self.outbox.iter().map(|p| &p.update)
     }
 
-    /// When the machine next needs a [`Input::Tick`], and why. `None` once stopped.
-    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        let link_deadline = |link: &Link| {
-            let dead = link.dead_at();
-            if dead.0 <= link.next_heartbeat {
-                dead
-            } else {
-                (link.next_heartbeat, "heartbeat")
-            }
-        };
+    /// When the machine next needs a [`Input::Tick`], and for which timer. `None` once stopped.
+    pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
         match &self.state {
-            State::Disconnected { retry_at } => Some((*retry_at, "reconnect")),
-            State::Connecting { deadline, .. } => Some((*deadline, "connect timeout")),
-            State::Running { link, .. } => Some(link_deadline(link)),
+            State::Disconnected { retry_at } => Some((*retry_at, Timer::Reconnect)),
+            State::Connecting { deadline, .. } => Some((*deadline, Timer::ConnectTimeout)),
+            State::Running { link, .. } => Some(link.next_deadline()),
+            // Close sent: nothing else may be written, so no heartbeat; the close timeout bounds the wait.
+            State::Draining {
+                phase: phase @ DrainPhase::Closing { .. },
+                ..
+            } => Some(phase.deadline()),
             State::Draining { link, phase } => {
-                let phase_deadline = match phase {
-                    DrainPhase::Flushing { deadline } => (*deadline, "drain deadline"),
-                    DrainPhase::Cancelling { deadline, .. } => (*deadline, "cancelled-job reports"),
-                    DrainPhase::Closing { deadline, .. } => (*deadline, "close timeout"),
-                };
-                if matches!(phase, DrainPhase::Closing { .. }) {
-                    // Close sent: nothing else may be written, so no heartbeat; the close timeout bounds the wait.
-                    return Some(phase_deadline);
-                }
-                let link = link_deadline(link);
-                Some(if phase_deadline.0 <= link.0 {
-                    phase_deadline
+                let (phase_at, phase_timer) = phase.deadline();
+                let (link_at, link_timer) = link.next_deadline();
+                // On a tie the drain's own deadline goes first.
+                Some(if phase_at <= link_at {
+                    (phase_at, phase_timer)
                 } else {
-                    link
+                    (link_at, link_timer)
                 })
             }
             State::Stopped { .. } => None,
@@ -169,16 +163,10 @@ impl Machine {
         self.expire(now, &mut out);
         match input {
             Input::Tick => {}
-            Input::SocketOpened => self.on_socket_opened(now, &mut out),
-            Input::SocketFailed(why) => {
-                self.on_socket_lost(now, &format!("socket failed: {why}"), None, &mut out)
-            }
+            Input::SocketOpened => self.on_socket_opened(&mut out),
+            Input::SocketFailed(why) => self.on_socket_lost(now, SocketEnd::Failed(why), &mut out),
             Input::SocketClosed(code) => {
-                let why = match code {
-                    Some(code) => format!("peer closed the connection (code {code})"),
-                    None => "peer closed the connection without a close frame".to_owned(),
-                };
-                self.on_socket_lost(now, &why, code, &mut out)
+                self.on_socket_lost(now, SocketEnd::Closed(code), &mut out)
             }
             Input::Frame(message) => self.on_frame(message, None, now, &mut out),
             Input::Undecodable(error) => self.on_undecodable(error, now, &mut out),
@@ -196,7 +184,7 @@ impl Machine {
                         out.push(Action::Abort);
                     }
                     self.cancel_jobs(&mut out);
-                    self.stop(StopReason::Forced, "second shutdown signal", &mut out);
+                    self.stop(StopReason::Forced, StopCause::SecondSignal, &mut out);
                 }
             }
         }
@@ -210,15 +198,15 @@ impl Machine {
         // so this ends. The bound is a guard against a bug turning into a hang.
         for _ in 0..8 {
             match self.poll_timeout() {
-                Some((deadline, _)) if deadline <= now => self.on_deadline(now, out),
+                Some((deadline, timer)) if deadline <= now => self.on_deadline(timer, now, out),
                 _ => return,
             }
         }
     }
 
-    fn on_deadline(&mut self, now: Instant, out: &mut Vec<Action>) {
-        match self.state.clone() {
-            State::Disconnected { .. } => {
+    fn on_deadline(&mut self, timer: Timer, now: Instant, out: &mut Vec<Action>) {
+        match (timer, self.state.clone()) {
+            (Timer::Reconnect, State::Disconnected { .. }) => {
                 self.counters.connects += 1;
                 out.push(Action::Open);
                 self.transition(
@@ -226,64 +214,89 @@ impl Machine {
                         phase: ConnectPhase::Opening,
                         deadline: now + self.config.connect_timeout,
                     },
-                    "reconnect delay over: connecting",
+                    Reason::ReconnectDelayOver,
                     out,
                 );
             }
-            State::Connecting { phase, .. } => {
+            (Timer::ConnectTimeout, State::Connecting { phase, .. }) => {
                 out.push(Action::Abort);
-                let why = match phase {
-                    ConnectPhase::Opening => {
-                        "connect timed out before the WebSocket handshake completed"
-                    }
-                    ConnectPhase::Authenticating => {
-                        "connect timed out waiting for the auth Response"
-                    }
-                };
-                self.connect_failed(now, why, false, out);
+                self.connect_failed(now, ConnectFailure::TimedOut(phase), false, out);
             }
-            State::Running {
-                since,
-                link,
-                progress,
-            } => {
-                if link.dead_at().0 <= now {
-                    out.push(Action::Abort);
-                    let why = self.peer_dead(&link);
-                    self.connection_lost(now, since, progress, &why, false, out);
-                } else {
-                    self.heartbeat(now, out);
-                }
+            (Timer::Heartbeat, State::Running { .. } | State::Draining { .. }) => {
+                self.heartbeat(now, out)
             }
-            State::Draining { link, phase } => {
-                let phase_deadline = match phase {
-                    DrainPhase::Flushing { deadline } | DrainPhase::Cancelling { deadline, .. } => {
-                        deadline
-                    }
-                    DrainPhase::Closing { deadline, .. } => deadline,
-                };
-                if phase_deadline <= now {
-                    self.on_drain_deadline(phase, now, out);
-                } else if link.dead_at().0 <= now {
-                    out.push(Action::Abort);
-                    self.cancel_jobs(out);
-                    let why = format!("{} while draining", self.peer_dead(&link));
-                    self.stop(StopReason::ConnectionLostWhileDraining, &why, out);
-                } else {
-                    self.heartbeat(now, out);
-                }
+            (
+                Timer::PeerSilent | Timer::PingUnanswered,
+                State::Running {
+                    since, progress, ..
+                },
+            ) => {
+                out.push(Action::Abort);
+                let loss = self.peer_dead(timer);
+                self.connection_lost(now, since, progress, loss, false, out);
             }
-            State::Stopped { .. } => {}
+            (Timer::PeerSilent | Timer::PingUnanswered, State::Draining { .. }) => {
+                out.push(Action::Abort);
+                self.cancel_jobs(out);
+                let loss = self.peer_dead(timer);
+                self.stop(
+                    StopReason::ConnectionLostWhileDraining,
+                    StopCause::LinkLostWhileDraining(loss),
+                    out,
+                );
+            }
+            (
+                Timer::Drain,
+                State::Draining {
+                    link,
+                    phase: DrainPhase::Flushing { deadline },
+                },
+            ) => {
+                // Time is up for running jobs: kill them and report each as horde_failed, best effort within the
+                // close timeout (half of it for the reports' Responses, the rest for the close handshake).
+                // Measured from the drain deadline, not from `now`: a late Tick must not extend the bound.
+                let close_by = deadline + self.config.close_timeout;
+                let reports_by = deadline + self.config.close_timeout / 2;
+                let jobs_cancelled = self.cancel_jobs(out);
+                self.transition(
+                    State::Draining {
+                        link,
+                        phase: DrainPhase::Cancelling {
+                            deadline: reports_by,
+                            close_by,
+                        },
+                    },
+                    Reason::DrainDeadlinePassed {
+                        jobs_cancelled,
+                        unacknowledged: self.outbox.len(),
+                    },
+                    out,
+                );
+                self.pump(out);
+                self.check_drained(now, out);
+            }
+            (
+                Timer::CancelReports,
+                State::Draining {
+                    phase: DrainPhase::Cancelling { close_by, .. },
+                    ..
+                },
+            ) => self.begin_close(close_by, out),
+            (Timer::Close, State::Draining { .. }) => {
+                out.push(Action::Abort);
+                let reason = self.drained_reason();
+                self.stop(reason, StopCause::NoCloseReply, out);
+            }
+            // `poll_timeout` names only the timers of the current state; anything else is a bug, and doing
+            // nothing would spin the driver on a deadline in the past.
+            (timer, state) => unreachable!("timer {timer} fired in {:?}", state.kind()),
         }
     }
 
-    fn peer_dead(&self, link: &Link) -> String {
-        match link.dead_at().1 {
-            "peer silent" => format!("peer silent for {:?}", self.config.peer_timeout),
-            _ => format!(
-                "no Pong for {:?}: the peer is not reading what is sent",
-                self.config.peer_timeout
-            ),
+    fn peer_dead(&self, timer: Timer) -> LinkLoss {
+        match timer {
+            Timer::PingUnanswered => LinkLoss::PingUnanswered(self.config.peer_timeout),
+            _ => LinkLoss::PeerSilent(self.config.peer_timeout),
         }
     }
 
@@ -299,92 +312,70 @@ impl Machine {
         }
     }
 
-    fn on_drain_deadline(&mut self, phase: DrainPhase, now: Instant, out: &mut Vec<Action>) {
-        match phase {
-            DrainPhase::Flushing { deadline } => {
-                // Time is up for running jobs: kill them and report each as horde_failed, best effort within the
-                // close timeout (half of it for the reports' Responses, the rest for the close handshake).
-                // Measured from the drain deadline, not from `now`: a late Tick must not extend the bound.
-                let close_by = deadline + self.config.close_timeout;
-                let reports_by = deadline + self.config.close_timeout / 2;
-                let cancelled_count = self.cancel_jobs(out);
-                if let State::Draining { phase, .. } = &mut self.state {
-                    *phase = DrainPhase::Cancelling {
-                        deadline: reports_by,
-                        close_by,
-                    };
-                }
-                out.push(Action::Emit(Event::DrainDeadlinePassed {
-                    jobs_cancelled: cancelled_count,
-                    unacknowledged: self.outbox.len(),
-                }));
-                self.pump(out);
-                self.check_drained(now, out);
-            }
-            DrainPhase::Cancelling { close_by, .. } => {
-                self.begin_close(close_by, out);
-            }
-            DrainPhase::Closing { .. } => {
-                out.push(Action::Abort);
-                let reason = self.drained_reason();
-                self.stop(reason, "no close reply within the close timeout", out);
-            }
-        }
-    }
-
     // ---- socket events ---------------------------------------------------------------------------------------
 
-    fn on_socket_opened(&mut self, _now: Instant, out: &mut Vec<Action>) {
+    fn on_socket_opened(&mut self, out: &mut Vec<Action>) {
         if let State::Connecting {
-            phase: phase @ ConnectPhase::Opening,
-            ..
-        } = &mut self.state
+            phase: ConnectPhase::Opening,
+            deadline,
+        } = self.state
         {
-            *phase = ConnectPhase::Authenticating;
             out.push(Action::Send(ClientMessage::Auth(self.auth.clone())));
+            self.transition(
+                State::Connecting {
+                    phase: ConnectPhase::Authenticating,
+                    deadline,
+                },
+                Reason::SocketOpened,
+                out,
+            );
         }
         // Anywhere else the event is stale (from a socket already dropped): ignored.
     }
 
-    fn on_socket_lost(
-        &mut self,
-        now: Instant,
-        why: &str,
-        code: Option<u16>,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_socket_lost(&mut self, now: Instant, end: SocketEnd, out: &mut Vec<Action>) {
+        let code = match end {
+            SocketEnd::Closed(code) => code,
+            SocketEnd::Failed(_) => None,
+        };
         match self.state.clone() {
+            State::Connecting { .. } if code == Some(close_code::SIGNATURE_INVALID) => {
+                self.counters.auth_failures += 1;
+                self.cancel_jobs(out);
+                self.stop(
+                    StopReason::AuthRejected,
+                    StopCause::ClosedSignatureInvalid,
+                    out,
+                );
+            }
             State::Connecting { .. } => {
-                if code == Some(close_code::SIGNATURE_INVALID) {
-                    self.counters.auth_failures += 1;
-                    self.cancel_jobs(out);
-                    self.stop(
-                        StopReason::AuthRejected,
-                        "facilitator closed with 3000 (auth.signature_invalid)",
-                        out,
-                    );
-                } else {
-                    let at_cap = code == Some(close_code::VALIDATOR_NOT_FOUND);
-                    self.connect_failed(now, why, at_cap, out);
-                }
+                let at_cap = code == Some(close_code::VALIDATOR_NOT_FOUND);
+                let cause = match end {
+                    SocketEnd::Failed(why) => ConnectFailure::Socket(why),
+                    SocketEnd::Closed(code) => ConnectFailure::PeerClosed(code),
+                };
+                self.connect_failed(now, cause, at_cap, out);
             }
             State::Running {
                 since, progress, ..
             } => {
                 let at_cap = code == Some(close_code::VALIDATOR_NOT_FOUND);
-                self.connection_lost(now, since, progress, why, at_cap, out);
+                self.connection_lost(now, since, progress, end.into_loss(), at_cap, out);
             }
             State::Draining {
                 phase: DrainPhase::Closing { .. },
                 ..
             } => {
                 let reason = self.drained_reason();
-                self.stop(reason, "close handshake completed", out);
+                self.stop(reason, StopCause::CloseHandshakeCompleted, out);
             }
             State::Draining { .. } => {
-                self.outbox.requeue_in_flight();
                 self.cancel_jobs(out);
-                self.stop(StopReason::ConnectionLostWhileDraining, why, out);
+                self.stop(
+                    StopReason::ConnectionLostWhileDraining,
+                    StopCause::LinkLostWhileDraining(end.into_loss()),
+                    out,
+                );
             }
             State::Disconnected { .. } | State::Stopped { .. } => {}
         }
@@ -425,7 +416,7 @@ impl Machine {
             .enumerate()
             .filter_map(|(i, frame)| match frame {
                 Incoming::Message(ServerMessage::JobRequest(job))
-                    if !self.jobs.contains(job.uuid()) =>
+                    if !self.jobs.contains_key(job.uuid()) =>
                 {
                     Some((i, &**job))
                 }
@@ -451,7 +442,7 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        match self.state.clone() {
+        match self.state {
             State::Connecting {
                 phase: ConnectPhase::Authenticating,
                 ..
@@ -460,8 +451,8 @@ impl Machine {
                 other => {
                     // The reference validator requires the first frame to be a success Response.
                     out.push(Action::Abort);
-                    let why = format!("expected the auth Response, got {}", describe(&other));
-                    self.connect_failed(now, &why, false, out);
+                    let cause = ConnectFailure::UnexpectedFrame(describe(&other));
+                    self.connect_failed(now, cause, false, out);
                 }
             },
             State::Running { .. } | State::Draining { .. } => {
@@ -473,7 +464,7 @@ impl Machine {
                         self.counters.cheat_reports += 1;
                         let trusted = self.signers.check_cheat_report(&report).is_ok();
                         out.push(Action::Emit(Event::CheatReport {
-                            job_uuid: report.job_uuid.clone(),
+                            job_uuid: report.job_uuid,
                             trusted,
                         }));
                     }
@@ -484,25 +475,24 @@ impl Machine {
     }
 
     fn on_undecodable(&mut self, error: DecodeError, now: Instant, out: &mut Vec<Action>) {
-        match self.state.clone() {
+        match self.state {
             State::Connecting {
                 phase: ConnectPhase::Authenticating,
                 ..
             } => {
                 self.count_undecodable(&error);
                 out.push(Action::Abort);
-                let why = format!("expected the auth Response, got an undecodable frame ({error})");
-                self.connect_failed(now, &why, false, out);
+                self.connect_failed(now, ConnectFailure::UndecodableFrame(error), false, out);
             }
             State::Running { .. } | State::Draining { .. } => {
                 self.heard_from_peer(now);
                 self.count_undecodable(&error);
                 match error.job_uuid() {
                     // A job request we can answer: refuse it rather than leave the facilitator waiting.
-                    Some(uuid) if !self.jobs.contains(uuid) && !self.outbox.has_room() => {
+                    Some(uuid) if !self.jobs.contains_key(uuid) && !self.outbox.has_room() => {
                         self.unanswered(uuid.to_owned(), out);
                     }
-                    Some(uuid) if !self.jobs.contains(uuid) => {
+                    Some(uuid) if !self.jobs.contains_key(uuid) => {
                         self.counters.jobs_rejected_invalid += 1;
                         self.reject(
                             uuid.to_owned(),
@@ -511,9 +501,7 @@ impl Machine {
                             out,
                         );
                     }
-                    _ => out.push(Action::Emit(Event::Ignored {
-                        what: format!("undecodable frame: {error}"),
-                    })),
+                    _ => out.push(Action::Emit(Event::Ignored(Ignored::Undecodable(error)))),
                 }
             }
             _ => {}
@@ -539,14 +527,15 @@ impl Machine {
                 // The Ping sent with the first heartbeat, below.
                 pong_deadline: Some(now + self.config.peer_timeout),
             };
-            let resend = self.outbox.len();
             self.transition(
                 State::Running {
                     since: now,
                     link,
                     progress: false,
                 },
-                &format!("authenticated; {resend} status update(s) to send"),
+                Reason::Authenticated {
+                    to_send: self.outbox.len(),
+                },
                 out,
             );
             self.counters.heartbeats += 1;
@@ -557,29 +546,24 @@ impl Machine {
             self.counters.auth_failures += 1;
             out.push(Action::Abort);
             self.cancel_jobs(out);
-            self.stop(StopReason::AuthRejected, "auth.signature_invalid", out);
+            self.stop(StopReason::AuthRejected, StopCause::SignatureInvalid, out);
         } else {
             out.push(Action::Abort);
             let at_cap = response.has_error(error_type::VALIDATOR_NOT_FOUND);
-            let why = format!(
-                "auth failed: {}",
-                response
-                    .first_error_type()
-                    .unwrap_or("error without a type")
-            );
-            self.connect_failed(now, &why, at_cap, out);
+            let error = response
+                .first_error_type()
+                .unwrap_or("error without a type")
+                .to_owned();
+            self.connect_failed(now, ConnectFailure::AuthError(error), at_cap, out);
         }
     }
 
     fn on_response(&mut self, response: Response, now: Instant, out: &mut Vec<Action>) {
         let Some(pending) = self.outbox.acknowledge() else {
             self.counters.unexpected_responses += 1;
-            out.push(Action::Emit(Event::Ignored {
-                what: format!(
-                    "a Response with no status update in flight ({})",
-                    response_summary(&response)
-                ),
-            }));
+            out.push(Action::Emit(Event::Ignored(Ignored::UnexpectedResponse {
+                summary: response_summary(&response),
+            })));
             return;
         };
         self.made_progress();
@@ -613,11 +597,9 @@ impl Machine {
     ) {
         let uuid = job.uuid().to_owned();
         self.made_progress();
-        if self.jobs.contains(&uuid) {
+        if self.jobs.contains_key(&uuid) {
             self.counters.jobs_duplicate += 1;
-            out.push(Action::Emit(Event::Ignored {
-                what: format!("job {uuid} is already running"),
-            }));
+            out.push(Action::Emit(Event::Ignored(Ignored::DuplicateJob { uuid })));
             return;
         }
         if !self.outbox.has_room() {
@@ -659,7 +641,7 @@ impl Machine {
             return;
         }
         self.counters.jobs_accepted += 1;
-        self.jobs.insert(uuid.clone());
+        self.jobs.insert(uuid.clone(), false);
         self.enqueue(JobStatusUpdate::new(uuid.clone(), JobStatus::Received));
         out.push(Action::Emit(Event::JobAccepted { uuid }));
         out.push(Action::Dispatch(job));
@@ -710,9 +692,21 @@ impl Machine {
     // ---- statuses and shutdown -------------------------------------------------------------------------------
 
     fn on_status(&mut self, update: JobStatusUpdate, out: &mut Vec<Action>) {
-        if self.state.is_stopped() {
-            // Kept (and so reported as undelivered), never silently dropped.
-            self.counters.statuses_after_stop += 1;
+        // A job reports one terminal status, then nothing: a status of a job that already ended (its handler's
+        // own terminal status, or the horde_failed of its cancellation) would contradict what was reported.
+        match self.jobs.get_mut(&update.uuid) {
+            Some(terminal @ false) => *terminal = update.status.is_terminal(),
+            _ => {
+                self.counters.statuses_dropped_late += 1;
+                // Stopped is absorbing: it counts, and says nothing more.
+                if !self.state.is_stopped() {
+                    out.push(Action::Emit(Event::Ignored(Ignored::LateStatus {
+                        uuid: update.uuid,
+                        status: update.status,
+                    })));
+                }
+                return;
+            }
         }
         self.enqueue(update);
         self.pump(out);
@@ -755,25 +749,24 @@ impl Machine {
                     out.push(Action::Abort);
                 }
                 self.cancel_jobs(out);
-                let why = format!(
-                    "shutdown requested while not connected; {} status update(s) undelivered",
-                    self.outbox.len()
+                self.stop(
+                    StopReason::ShutdownWhileDisconnected,
+                    StopCause::ShutdownWhileNotConnected,
+                    out,
                 );
-                self.stop(StopReason::ShutdownWhileDisconnected, &why, out);
             }
             State::Running { link, .. } => {
                 let deadline = now + self.config.drain_timeout;
-                let why = format!(
-                    "shutdown requested: {} job(s) running, {} status update(s) unacknowledged",
-                    self.jobs.len(),
-                    self.outbox.len()
-                );
+                let reason = Reason::ShutdownRequested {
+                    jobs_running: self.jobs.len(),
+                    unacknowledged: self.outbox.len(),
+                };
                 self.transition(
                     State::Draining {
                         link,
                         phase: DrainPhase::Flushing { deadline },
                     },
-                    &why,
+                    reason,
                     out,
                 );
                 self.check_drained(now, out);
@@ -783,7 +776,7 @@ impl Machine {
         }
     }
 
-    /// In Draining, once no job runs and nothing is unacknowledged, starts the close handshake.
+    /// In Draining, once no job runs and every status of an accepted job is acknowledged, starts the close.
     fn check_drained(&mut self, now: Instant, out: &mut Vec<Action>) {
         let State::Draining { phase, .. } = &self.state else {
             return;
@@ -801,6 +794,9 @@ impl Machine {
     }
 
     fn begin_close(&mut self, deadline: Instant, out: &mut Vec<Action>) {
+        let State::Draining { link, .. } = self.state else {
+            return;
+        };
         // 1000 when every status of an accepted job was delivered, 1001 ("going away") when something is left.
         let code = if self.outbox.accepted_jobs_len() == 0 && self.jobs.is_empty() {
             1000
@@ -810,10 +806,15 @@ impl Machine {
         // Everything still queued goes out before the Close frame, past the in-flight window (the outbox is
         // bounded): the answers to job requests refused during the drain, and whatever a drain deadline left.
         self.send_queued(usize::MAX, out);
-        if let State::Draining { phase, .. } = &mut self.state {
-            *phase = DrainPhase::Closing { deadline, code };
-            out.push(Action::Close(code));
-        }
+        out.push(Action::Close(code));
+        self.transition(
+            State::Draining {
+                link,
+                phase: DrainPhase::Closing { deadline, code },
+            },
+            Reason::Closing { code },
+            out,
+        );
     }
 
     fn drained_reason(&self) -> StopReason {
@@ -828,23 +829,28 @@ impl Machine {
 
     // ---- transitions -----------------------------------------------------------------------------------------
 
-    fn connect_failed(&mut self, now: Instant, why: &str, at_cap: bool, out: &mut Vec<Action>) {
+    fn connect_failed(
+        &mut self,
+        now: Instant,
+        cause: ConnectFailure,
+        at_cap: bool,
+        out: &mut Vec<Action>,
+    ) {
         self.counters.auth_failures += 1;
-        let delay = if at_cap {
+        let retry_in = if at_cap {
             self.backoff.cap_delay()
         } else {
             self.backoff.next_delay()
         };
-        let why = format!(
-            "{why}; retrying in {:.1}s (attempt {})",
-            delay.as_secs_f64(),
-            self.backoff.failures()
-        );
         self.transition(
             State::Disconnected {
-                retry_at: now + delay,
+                retry_at: now + retry_in,
             },
-            &why,
+            Reason::ConnectFailed {
+                cause,
+                retry_in,
+                attempt: self.backoff.failures(),
+            },
             out,
         );
     }
@@ -854,7 +860,7 @@ impl Machine {
         now: Instant,
         since: Instant,
         progress: bool,
-        why: &str,
+        cause: LinkLoss,
         at_cap: bool,
         out: &mut Vec<Action>,
     ) {
@@ -867,32 +873,29 @@ impl Machine {
             self.backoff.reset();
         }
         let requeued = self.outbox.requeue_in_flight();
-        let delay = if at_cap {
+        let retry_in = if at_cap {
             self.backoff.cap_delay()
         } else {
             self.backoff.next_delay()
         };
-        let why = format!(
-            "{why}; {requeued} unacknowledged status update(s) requeued; reconnecting in {:.1}s{}",
-            delay.as_secs_f64(),
-            if productive && !at_cap {
-                " (the connection made progress: backoff at its first step)"
-            } else {
-                ""
-            }
-        );
         self.transition(
             State::Disconnected {
-                retry_at: now + delay,
+                retry_at: now + retry_in,
             },
-            &why,
+            Reason::ConnectionLost {
+                cause,
+                requeued,
+                retry_in,
+                backoff_reset: productive && !at_cap,
+            },
             out,
         );
     }
 
-    /// Cancels every running job and reports each as `horde_failed`: sent while the connection can still carry
-    /// it (the drain deadline), otherwise kept and counted among the undelivered, so no job is left looking
-    /// `accepted` without a trace. Returns how many jobs were cancelled.
+    /// Cancels every running job and reports each as `horde_failed` (unless it already reported its terminal
+    /// status): sent while the connection can still carry it (the drain deadline), otherwise kept and counted
+    /// among the undelivered, so no job is left looking `accepted` without a trace. Returns how many jobs were
+    /// cancelled.
     fn cancel_jobs(&mut self, out: &mut Vec<Action>) -> usize {
         if self.jobs.is_empty() {
             return 0;
@@ -900,39 +903,54 @@ impl Machine {
         let cancelled = std::mem::take(&mut self.jobs);
         self.counters.jobs_cancelled += cancelled.len() as u64;
         out.push(Action::CancelJobs);
-        for uuid in &cancelled {
-            self.enqueue(JobStatusUpdate::horde_failed(
-                uuid.clone(),
-                HordeFailureReason::GenericError,
-                "the validator's facilitator client stopped before the job finished",
-                None,
-            ));
+        for (uuid, reported_terminal) in &cancelled {
+            if !reported_terminal {
+                self.enqueue(JobStatusUpdate::horde_failed(
+                    uuid.clone(),
+                    HordeFailureReason::GenericError,
+                    "the validator's facilitator client stopped before the job finished",
+                    None,
+                ));
+            }
         }
         cancelled.len()
     }
 
-    fn stop(&mut self, reason: StopReason, why: &str, out: &mut Vec<Action>) {
+    fn stop(&mut self, reason: StopReason, cause: StopCause, out: &mut Vec<Action>) {
         self.outbox.requeue_in_flight();
         let undelivered = self.outbox.len();
-        let why = if undelivered == 0 {
-            format!("{why}; every status update delivered")
-        } else {
-            format!("{why}; {undelivered} status update(s) undelivered")
-        };
-        self.transition(State::Stopped { reason }, &why, out);
+        self.transition(
+            State::Stopped { reason },
+            Reason::Stopped { cause, undelivered },
+            out,
+        );
         out.push(Action::Stop(reason));
     }
 
-    fn transition(&mut self, to: State, reason: &str, out: &mut Vec<Action>) {
+    /// The one place the state changes; every change (of kind, or of phase within Connecting or Draining) emits
+    /// one [`Event::StateChanged`] with its reason.
+    fn transition(&mut self, to: State, reason: Reason, out: &mut Vec<Action>) {
         let from = self.state.kind();
-        let to_kind = to.kind();
         self.state = to;
-        if from != to_kind {
-            out.push(Action::Emit(Event::StateChanged {
-                from,
-                to: to_kind,
-                reason: reason.to_owned(),
-            }));
+        out.push(Action::Emit(Event::StateChanged {
+            from,
+            to: self.state.kind(),
+            reason,
+        }));
+    }
+}
+
+/// How a socket ended, as the runtime reported it.
+enum SocketEnd {
+    Failed(String),
+    Closed(Option<u16>),
+}
+
+impl SocketEnd {
+    fn into_loss(self) -> LinkLoss {
+        match self {
+            SocketEnd::Failed(why) => LinkLoss::SocketFailed(why),
+            SocketEnd::Closed(code) => LinkLoss::PeerClosed(code),
         }
     }
 }

@@ -70,10 +70,75 @@ pub struct Link {
 
 impl Link {
     /// When the peer counts as dead, and why: nothing heard, or a Ping unanswered (on a tie, nothing heard).
-    pub fn dead_at(&self) -> (Instant, &'static str) {
+    pub fn dead_at(&self) -> (Instant, Timer) {
         match self.pong_deadline {
-            Some(at) if at < self.silent_deadline => (at, "Ping unanswered"),
-            _ => (self.silent_deadline, "peer silent"),
+            Some(at) if at < self.silent_deadline => (at, Timer::PingUnanswered),
+            _ => (self.silent_deadline, Timer::PeerSilent),
+        }
+    }
+
+    /// The link's next deadline: the peer's death, or else the heartbeat (on a tie, the peer's death).
+    pub fn next_deadline(&self) -> (Instant, Timer) {
+        let dead = self.dead_at();
+        if dead.0 <= self.next_heartbeat {
+            dead
+        } else {
+            (self.next_heartbeat, Timer::Heartbeat)
+        }
+    }
+}
+
+/// The machine's timers: which deadline [`super::Machine::poll_timeout`] reports, so the machine acts on the one
+/// that fired without comparing deadlines again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// Disconnected: the backoff delay is over.
+    Reconnect,
+    /// Connecting: the socket and the auth Response did not come in time.
+    ConnectTimeout,
+    /// A `V0Heartbeat` and a Ping are due.
+    Heartbeat,
+    /// Nothing arrived from the peer for the peer timeout.
+    PeerSilent,
+    /// The oldest Ping went unanswered for the peer timeout.
+    PingUnanswered,
+    /// The drain deadline: running jobs are cancelled.
+    Drain,
+    /// The cancelled jobs' reports had their time: close.
+    CancelReports,
+    /// The close timeout: stop without the peer's reply.
+    Close,
+}
+
+impl Timer {
+    /// The name used in the golden scenarios and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timer::Reconnect => "reconnect",
+            Timer::ConnectTimeout => "connect timeout",
+            Timer::Heartbeat => "heartbeat",
+            Timer::PeerSilent => "peer silent",
+            Timer::PingUnanswered => "Ping unanswered",
+            Timer::Drain => "drain deadline",
+            Timer::CancelReports => "cancelled-job reports",
+            Timer::Close => "close timeout",
+        }
+    }
+}
+
+impl fmt::Display for Timer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl DrainPhase {
+    /// The phase's deadline and its timer.
+    pub fn deadline(&self) -> (Instant, Timer) {
+        match *self {
+            DrainPhase::Flushing { deadline } => (deadline, Timer::Drain),
+            DrainPhase::Cancelling { deadline, .. } => (deadline, Timer::CancelReports),
+            DrainPhase::Closing { deadline, .. } => (deadline, Timer::Close),
         }
     }
 }

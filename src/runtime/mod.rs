@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -27,7 +27,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::handler::{HandlerEvent, JobHandler, StatusSender};
-use crate::machine::{self, Action, Event, Incoming, Input, Machine, StopReason};
+use crate::machine::{
+    self, Action, Event, Incoming, Input, Machine, Reason, StopCause, StopReason,
+};
 use crate::protocol::TrustedSignerError;
 use crate::protocol::keys::Hotkey;
 use crate::protocol::{
@@ -458,7 +460,6 @@ impl Loop {
                     }
                 }
                 Action::Close(code) => {
-                    info!("closing the connection with code {code}");
                     self.socket.close(code);
                 }
                 Action::Abort => self.socket.abort(),
@@ -592,76 +593,55 @@ impl WarnLimiter {
     }
 }
 
+/// Logs one event, in its one rendering (`Display`), at the level it deserves; what a flood repeats (ignored
+/// frames, refused or unanswered job requests) at most once per kind per interval.
 fn log_event(event: &Event, warnings: &mut WarnLimiter, now: Instant) {
-    let held = |n: u64| {
-        if n == 0 {
-            String::new()
-        } else {
-            format!(
-                " ({n} more like it in the last {}s)",
-                WarnLimiter::INTERVAL.as_secs()
-            )
-        }
-    };
-    match event {
-        Event::StateChanged { from, to, reason } => info!("{from} -> {to} ({reason})"),
-        Event::JobAccepted { uuid } => info!("job {uuid} accepted"),
-        Event::JobRejected {
-            uuid,
-            reason,
-            message,
-        } => {
-            let kind = match reason {
+    use log::Level;
+    let (level, flood_kind) = match event {
+        Event::StateChanged { from, to, reason } => match reason {
+            Reason::SocketOpened => (Level::Debug, None),
+            Reason::DrainDeadlinePassed { .. } => (Level::Warn, None),
+            _ if from == to => (Level::Info, None),
+            Reason::Stopped {
+                cause: StopCause::SignatureInvalid | StopCause::ClosedSignatureInvalid,
+                ..
+            } => (Level::Error, None),
+            _ => (Level::Info, None),
+        },
+        Event::JobAccepted { .. } => (Level::Info, None),
+        Event::JobRejected { reason, .. } => (
+            Level::Warn,
+            Some(match reason {
                 JobRejectionReason::Busy => "job requests rejected (busy)",
                 JobRejectionReason::InvalidSignature => "job requests rejected (invalid_signature)",
                 _ => "job requests rejected (invalid)",
-            };
-            if let Some(n) = warnings.check(kind, now) {
-                warn!("job {uuid} rejected ({reason}): {message}{}", held(n))
-            }
-        }
-        Event::StatusDelivered {
-            uuid,
-            status,
-            sends,
-        } => {
-            debug!("status {status} of job {uuid} delivered (sent {sends} time(s))")
-        }
-        Event::StatusRefused {
-            uuid,
-            status,
-            error,
-        } => {
-            warn!("the facilitator refused status {status} of job {uuid} ({error}); not retried")
-        }
-        Event::CheatReport { job_uuid, trusted } => {
-            info!(
-                "cheat report for job {job_uuid} ({})",
-                if *trusted {
-                    "verified"
-                } else {
-                    "not verified: ignored"
-                }
-            )
-        }
-        Event::DrainDeadlinePassed {
-            jobs_cancelled,
-            unacknowledged,
-        } => warn!(
-            "drain deadline passed: {jobs_cancelled} job(s) cancelled, {unacknowledged} status update(s) unacknowledged"
+            }),
         ),
-        Event::JobUnanswered { uuid } => {
-            const KIND: &str = "job requests not answered: the outbox is full";
-            if let Some(n) = warnings.check(KIND, now) {
-                warn!(
-                    "job {uuid} not answered: the outbox is full (the facilitator's timeout will fail it){}",
-                    held(n)
-                )
-            }
-        }
-        Event::Ignored { what } => {
-            if let Some(n) = warnings.check("frames ignored", now) {
-                warn!("ignored {what}{}", held(n))
+        Event::StatusDelivered { .. } => (Level::Debug, None),
+        Event::StatusRefused { .. } => (Level::Warn, None),
+        Event::CheatReport { .. } => (Level::Info, None),
+        Event::JobUnanswered { .. } => (
+            Level::Warn,
+            Some("job requests not answered: the outbox is full"),
+        ),
+        Event::Ignored(what) => (Level::Warn, Some(what.kind())),
+    };
+    if !log::log_enabled!(level) {
+        return;
+    }
+    match flood_kind {
+        None => log::log!(level, "{event}"),
+        Some(kind) => {
+            if let Some(held) = warnings.check(kind, now) {
+                if held == 0 {
+                    log::log!(level, "{event}");
+                } else {
+                    log::log!(
+                        level,
+                        "{event} ({held} more like it in the last {}s)",
+                        WarnLimiter::INTERVAL.as_secs()
+                    );
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use facilitator_client::ClientConfig;
 use facilitator_client::handler::{BoxFuture, EchoHandler, JobHandler, StatusSender};
-use facilitator_client::machine::{BackoffConfig, Event, StateKind};
+use facilitator_client::machine::{BackoffConfig, Event, Reason, StateKind};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::{JobRequest, JobStatus};
 use tokio::sync::broadcast;
@@ -97,7 +97,7 @@ pub struct Change {
     pub at: Instant,
     pub from: StateKind,
     pub to: StateKind,
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// What [`StateLog`] saw.
