@@ -13,3 +13,4 @@ pub mod protocol;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod sim;
+pub mod spool;
