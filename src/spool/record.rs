@@ -114,7 +114,8 @@ impl SpoolBatch {
             put_jobs.retain(|j| !later_removed.contains(j.uuid.as_str()));
             self.put_jobs.extend(put_jobs);
         } else {
-            self.remove_jobs.retain(|uuid| !later_put.contains(uuid.as_str()));
+            self.remove_jobs
+                .retain(|uuid| !later_put.contains(uuid.as_str()));
             self.put_jobs.extend(put_jobs);
             self.remove_jobs.extend(remove_jobs);
         }

@@ -640,12 +640,24 @@ impl Spool {
 }
 
 fn open_redb(path: &Path) -> Result<Database, DatabaseError> {
-    Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        // Verify every page's checksum at open: a file altered since redb wrote it is then an error, not a panic
-        // or garbage replayed. The spool holds only live data, so this reads little.
-        .set_check_integrity_on_open(true)
-        .create(path)
+    let mut attempts = 0;
+    loop {
+        let opened = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            // Verify every page's checksum at open: a file altered since redb wrote it is then an error, not a
+            // panic or garbage replayed. The spool holds only live data, so this reads little.
+            .set_check_integrity_on_open(true)
+            .create(path);
+        match opened {
+            // redb locks the file too; we hold the lock file, so only a forked child can hold it (see
+            // `acquire_lock`), for an instant.
+            Err(DatabaseError::DatabaseAlreadyOpen) if attempts < LOCK_ATTEMPTS => {
+                attempts += 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// One attempt to open the spool file: `Unreadable` sends the caller to move it aside and try once more.
@@ -871,7 +883,8 @@ fn classify_open_error(path: &Path, e: DatabaseError) -> Attempt {
             "not a spool: a redb database in the old file format {v}"
         )),
         DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => store(
-            "the file is open in another process that does not hold its lock file: stop it".to_owned(),
+            "the file is open in another process that does not hold its lock file: stop it"
+                .to_owned(),
         ),
         other => store(other.to_string()),
     }
@@ -933,6 +946,10 @@ fn newer_redb_format(file: &mut File) -> io::Result<Option<u8>> {
     Ok((a > REDB_FILE_FORMAT && b > REDB_FILE_FORMAT).then_some(a.max(b)))
 }
 
+/// How often, and how far apart, a held lock (ours or redb's) is tried again before the spool counts as in use.
+const LOCK_ATTEMPTS: u32 = 20;
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
 /// `<spool>.lock`: the spool's file name with `.lock` appended.
 fn lock_path(spool: &Path) -> PathBuf {
     let mut name = spool.as_os_str().to_owned();
@@ -963,7 +980,19 @@ fn acquire_lock(spool: &Path) -> Result<File, SpoolOpenError> {
             };
             io(step, e)
         })?;
-    match file.try_lock() {
+    // A lock held by another client is held for as long as it runs; one held for an instant is a child process
+    // of ours (or of another thread) between fork and exec, which briefly shares every descriptor: retry a little.
+    let mut attempts = 0;
+    let locked = loop {
+        match file.try_lock() {
+            Err(fs::TryLockError::WouldBlock) if attempts < LOCK_ATTEMPTS => {
+                attempts += 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            other => break other,
+        }
+    };
+    match locked {
         Ok(()) => {
             let pid = std::process::id();
             file.set_len(0)
@@ -972,21 +1001,11 @@ fn acquire_lock(spool: &Path) -> Result<File, SpoolOpenError> {
             Ok(file)
         }
         Err(fs::TryLockError::WouldBlock) => {
-            // The holder writes its PID right after locking: give a holder caught in between a moment.
-            let mut pid = None;
-            for _ in 0..10 {
-                let mut text = String::new();
-                if File::open(&lock_file)
-                    .and_then(|mut f| f.read_to_string(&mut text))
-                    .is_ok()
-                {
-                    pid = text.trim().parse().ok();
-                }
-                if pid.is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let mut text = String::new();
+            let pid = File::open(&lock_file)
+                .and_then(|mut f| f.read_to_string(&mut text))
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
             Err(SpoolOpenError::Locked { lock_file, pid })
         }
         Err(fs::TryLockError::Error(e)) => Err(io(OpenStep::LockFile, e)),
@@ -1111,6 +1130,33 @@ mod tests {
         // A leap day, and the last second of a year.
         assert_eq!(compact_utc(at(951_782_400)), "20000229T000000Z");
         assert_eq!(rfc3339_utc(at(1_798_761_599)), "2026-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn moving_aside_never_replaces_an_existing_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("s.spool");
+        fs::write(&path, b"unreadable").unwrap();
+        // Whatever second the move happens in, its first-choice name is taken.
+        let now = SystemTime::now();
+        let mut taken = Vec::new();
+        for t in [now, now + Duration::from_secs(1)] {
+            let name = format!("s.spool.corrupt-{}-{}", compact_utc(t), std::process::id());
+            fs::write(dir.path().join(&name), b"earlier").unwrap();
+            taken.push(dir.path().join(name));
+        }
+        let moved = move_aside(&path).unwrap();
+        assert!(!taken.contains(&moved), "{}", moved.display());
+        assert!(
+            moved.to_string_lossy().ends_with("-2"),
+            "{}",
+            moved.display()
+        );
+        assert_eq!(fs::read(&moved).unwrap(), b"unreadable");
+        for t in taken {
+            assert_eq!(fs::read(t).unwrap(), b"earlier");
+        }
+        assert!(!path.exists());
     }
 
     #[test]

@@ -218,3 +218,85 @@ fn compact_if_worthwhile(spool: &mut Spool, above_bytes: u64) {
         Err(e) => log::warn!("{e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{JobStatus, JobStatusUpdate};
+    use crate::spool::{SpoolIdentity, SpooledStatus};
+
+    fn open(dir: &tempfile::TempDir) -> Spool {
+        let identity = SpoolIdentity {
+            hotkey_ss58: "5Hotkey".to_owned(),
+            url: "ws://127.0.0.1:1/".to_owned(),
+        };
+        Spool::open(&dir.path().join("w.spool"), &identity)
+            .unwrap()
+            .spool
+    }
+
+    fn put(id: u64) -> SpoolBatch {
+        SpoolBatch {
+            put_statuses: vec![SpooledStatus {
+                id,
+                update: JobStatusUpdate::new(format!("job-{id}"), JobStatus::Accepted),
+            }],
+            remove_statuses: id.checked_sub(1).into_iter().collect(),
+            ..SpoolBatch::default()
+        }
+    }
+
+    /// What queued while the thread was busy is one commit: here everything is queued before it looks.
+    #[test]
+    fn batches_queued_behind_a_commit_are_merged_into_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let spool = open(&dir);
+        let (queue, inbox) = mpsc::channel();
+        for id in 1..=10 {
+            queue.send((id, put(id))).unwrap();
+        }
+        drop(queue);
+        let (results, mut reports) = unbounded_channel();
+        let spool = run(spool, &inbox, &results);
+        let committed = reports.try_recv().unwrap();
+        assert_eq!(
+            (committed.up_to, committed.batches, committed.result),
+            (10, 10, Ok(()))
+        );
+        assert!(reports.try_recv().is_err(), "one commit only");
+        assert_eq!(spool.len(), (1, 0));
+    }
+
+    #[test]
+    fn a_batch_that_changes_nothing_is_reported_without_a_write() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let spool = open(&dir);
+        let (queue, inbox) = mpsc::channel();
+        queue.send((1, SpoolBatch::default())).unwrap();
+        drop(queue);
+        let (results, mut reports) = unbounded_channel();
+        run(spool, &inbox, &results);
+        let committed = reports.try_recv().unwrap();
+        assert_eq!(
+            (committed.up_to, committed.result, committed.took),
+            (1, Ok(()), Duration::ZERO)
+        );
+    }
+
+    #[tokio::test]
+    async fn finish_hands_the_spool_back_after_the_queued_commits() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (worker, mut reports) = SpoolWorker::spawn(open(&dir)).unwrap();
+        for id in 1..=5 {
+            worker.submit(id, put(id));
+        }
+        let spool = worker.finish(Duration::from_secs(30)).unwrap();
+        assert_eq!(spool.len(), (1, 0));
+        let mut last = 0;
+        while let Ok(c) = reports.try_recv() {
+            assert_eq!(c.result, Ok(()));
+            last = c.up_to;
+        }
+        assert_eq!(last, 5);
+    }
+}
