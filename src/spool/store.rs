@@ -294,7 +294,8 @@ impl SpoolOpenError {
 pub struct SpoolError {
     path: PathBuf,
     action: &'static str,
-    cause: Cause,
+    // Boxed: redb's error is large, and this travels in every commit's `Result`.
+    cause: Box<Cause>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,7 +313,7 @@ enum Cause {
 impl SpoolError {
     /// The file-system error behind this one, if any (`StorageFull` for a full disk).
     pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
-        match &self.cause {
+        match &*self.cause {
             Cause::Store(redb::Error::Io(e)) => Some(e.kind()),
             _ => None,
         }
@@ -498,7 +499,7 @@ impl Spool {
         let store = |e: redb::Error| SpoolError {
             path: self.path.clone(),
             action: "commit",
-            cause: Cause::Store(e),
+            cause: Box::new(Cause::Store(e)),
         };
         let Some(db) = self.db.as_ref() else {
             unreachable!("ensure_open leaves the database open or returns an error")
@@ -554,7 +555,7 @@ impl Spool {
                 let more = db.compact().map_err(|e| SpoolError {
                     path: self.path.clone(),
                     action: "compact",
-                    cause: Cause::Store(e.into()),
+                    cause: Box::new(Cause::Store(e.into())),
                 })?;
                 if !more {
                     break;
@@ -610,7 +611,7 @@ impl Spool {
         SpoolError {
             path: self.path.clone(),
             action,
-            cause,
+            cause: Box::new(cause),
         }
     }
 
