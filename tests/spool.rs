@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use facilitator_client::protocol::{ClientMessage, JobStatus, JobStatusUpdate};
 use facilitator_client::spool::{
     HandlerRecord, JobRecord, OpenStep, OpenedSpool, Spool, SpoolBatch, SpoolIdentity, SpoolNotice,
-    SpoolOpenError, SpoolWorker, SpooledStatus, default_path, normalise_url,
+    SpoolOpenError, SpoolWorker, SpooledStatus, default_path,
 };
 use redb::{ReadableDatabase, ReadableTable};
 use serde_json::Value;
@@ -969,6 +969,25 @@ fn a_full_file_system_fails_the_commit_and_a_later_snapshot_succeeds() {
     assert_eq!(reopened.recovered.statuses[4], big_status(5));
 }
 
+#[test]
+fn a_new_spool_on_a_full_file_system_is_a_failure_to_create() {
+    let Some(fs_) = Tmpfs::mount("size=1m,mode=0700") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): full file system not tested");
+        return;
+    };
+    let _filler = fill(fs_.path());
+    let err = Spool::open(&fs_.path().join("x.spool"), &identity()).unwrap_err();
+    match &err {
+        SpoolOpenError::Io { source, step, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
+            assert_eq!(*step, OpenStep::Initialise, "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // For the default location: run from memory with a warning.
+    assert!(err.nothing_existing_was_refused());
+}
+
 #[tokio::test]
 async fn the_worker_reports_a_full_file_system_and_recovers_when_space_returns() {
     let Some(fs_) = Tmpfs::mount("size=4m,mode=0700") else {
@@ -1120,8 +1139,7 @@ fn compaction_shrinks_an_emptied_spool_and_keeps_it_usable() {
 
 #[test]
 fn the_default_path_is_under_the_state_directory() {
-    let url = normalise_url(URL).unwrap();
-    let p = default_path(Path::new("/var/lib/x"), HOTKEY, &url);
+    let p = default_path(Path::new("/var/lib/x"), HOTKEY, URL).unwrap();
     assert!(p.starts_with("/var/lib/x/facilitator-client"));
     let name = p.file_name().unwrap().to_str().unwrap();
     assert!(

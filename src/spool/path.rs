@@ -100,14 +100,24 @@ pub fn normalise_url(url: &str) -> Result<String, SpoolUrlError> {
 }
 
 /// The default spool file: `<state_dir>/facilitator-client/<ss58>-<h>.spool`, where `<h>` is the first 12 hex
-/// digits of the SHA-256 of [`normalise_url`]`(url)`. The caller normalises (it needs the error); passing a URL
-/// that is already normalised is what keeps the name stable.
-pub fn default_path(state_dir: &Path, hotkey_ss58: &str, normalised_url: &str) -> PathBuf {
-    let digest = Sha256::digest(normalised_url.as_bytes());
+/// digits of the SHA-256 of [`normalise_url`]`(url)`; so every spelling of one facilitator finds the same file.
+///
+/// ```
+/// # use std::path::Path;
+/// # use facilitator_client::spool::default_path;
+/// let p = default_path(Path::new("/state"), "5Hotkey", "WSS://Facilitator.Example:443/ws/v0/").unwrap();
+/// assert_eq!(p, Path::new("/state/facilitator-client/5Hotkey-e8856186fad6.spool"));
+/// ```
+pub fn default_path(
+    state_dir: &Path,
+    hotkey_ss58: &str,
+    url: &str,
+) -> Result<PathBuf, SpoolUrlError> {
+    let digest = Sha256::digest(normalise_url(url)?.as_bytes());
     let short = hex::encode(&digest[..6]);
-    state_dir
+    Ok(state_dir
         .join("facilitator-client")
-        .join(format!("{hotkey_ss58}-{short}.spool"))
+        .join(format!("{hotkey_ss58}-{short}.spool")))
 }
 
 /// The user's state directory: `$XDG_STATE_HOME` if it is set to an absolute path, else `$HOME/.local/state`
@@ -204,8 +214,12 @@ mod tests {
 
     #[test]
     fn the_default_file_is_named_after_the_hotkey_and_the_urls_hash() {
-        let url = normalise_url("wss://facilitator.example/ws/v0/").unwrap();
-        let path = default_path(Path::new("/state"), "5Hotkey", &url);
+        let path = default_path(
+            Path::new("/state"),
+            "5Hotkey",
+            "wss://facilitator.example/ws/v0/",
+        )
+        .unwrap();
         // `printf %s wss://facilitator.example/ws/v0/ | sha256sum | cut -c1-12`
         assert_eq!(
             path,
@@ -214,9 +228,16 @@ mod tests {
         let other = default_path(
             Path::new("/state"),
             "5Hotkey",
-            &normalise_url("wss://staging.example/ws/v0/").unwrap(),
+            "wss://staging.example/ws/v0/",
         );
-        assert_ne!(path, other);
+        assert_ne!(Ok(path.clone()), other);
+        let same = default_path(
+            Path::new("/state"),
+            "5Hotkey",
+            "WSS://FACILITATOR.example:443/ws/v0/",
+        );
+        assert_eq!(Ok(path), same);
+        assert!(default_path(Path::new("/state"), "5Hotkey", "http://x/").is_err());
     }
 
     #[test]

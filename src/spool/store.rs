@@ -274,14 +274,18 @@ pub enum SpoolOpenError {
 }
 
 impl SpoolOpenError {
-    /// `true` when the spool could not be *created* (its directory or a new file or lock file), and nothing that
-    /// already existed was refused, locked or unreadable. For the default location this means running from memory
-    /// with a warning (a read-only container, no writable home); every other error is exit 2.
+    /// `true` when the spool could not be *created* (its directory, a new file or lock file, or a new spool's
+    /// first commit), and nothing that already existed was refused, locked or unreadable. For the default location
+    /// this means running from memory with a warning (a read-only container, no writable home, a full disk); every
+    /// other error is exit 2.
     pub fn nothing_existing_was_refused(&self) -> bool {
         matches!(
             self,
             SpoolOpenError::Io {
-                step: OpenStep::CreateDirectory | OpenStep::CreateLockFile | OpenStep::CreateFile,
+                step: OpenStep::CreateDirectory
+                    | OpenStep::CreateLockFile
+                    | OpenStep::CreateFile
+                    | OpenStep::Initialise,
                 ..
             }
         )
@@ -460,7 +464,8 @@ impl Spool {
     ///
     /// On error nothing of `batch` is in the file (redb commits atomically) and the spool is *stale*: the file lacks
     /// this batch's changes, so the next commit must be a full snapshot of what memory holds for the file to be
-    /// right again ([`Spool::is_stale`]). The next commit reopens the store if the error may have left it unusable.
+    /// right again ([`Spool::is_stale`]). The store is closed after a failure (redb refuses every transaction after an
+    /// I/O error until it is reopened) and the next commit reopens it.
     pub fn commit(&mut self, batch: &SpoolBatch) -> Result<(), SpoolError> {
         let result = match catch_unwind(AssertUnwindSafe(|| self.try_commit(batch))) {
             Ok(result) => result,
@@ -720,7 +725,21 @@ fn open_attempt(
 
     let db = match catch_unwind(|| open_redb(path)) {
         Ok(Ok(db)) => db,
-        Ok(Err(e)) => return Err(classify_open_error(path, e)),
+        // redb writes a new database's first pages as it opens it: a disk that refuses them refuses a new spool.
+        Ok(Err(e)) => {
+            return Err(match classify_open_error(path, e) {
+                Attempt::Fatal(SpoolOpenError::Io {
+                    path,
+                    step: OpenStep::ReadFile,
+                    source,
+                }) if len == 0 => Attempt::Fatal(SpoolOpenError::Io {
+                    path,
+                    step: OpenStep::Initialise,
+                    source,
+                }),
+                other => other,
+            });
+        }
         Err(panic) => {
             return Err(Attempt::Unreadable(format!(
                 "the store panicked reading it: {}",
@@ -756,9 +775,16 @@ fn read_spool(
         // A new file, or one whose creation was interrupted before its first commit: nothing to lose.
         drop(read);
         initialise(db, identity, our_url).map_err(|e| {
-            Attempt::Fatal(SpoolOpenError::Store {
-                path: path.to_path_buf(),
-                message: format!("cannot write the new spool: {e}"),
+            Attempt::Fatal(match e {
+                redb::Error::Io(source) => SpoolOpenError::Io {
+                    path: path.to_path_buf(),
+                    step: OpenStep::Initialise,
+                    source,
+                },
+                other => SpoolOpenError::Store {
+                    path: path.to_path_buf(),
+                    message: format!("cannot write the new spool: {other}"),
+                },
             })
         })?;
         return Ok(Recovered::default());
@@ -995,10 +1021,18 @@ fn acquire_lock(spool: &Path) -> Result<File, SpoolOpenError> {
     };
     match locked {
         Ok(()) => {
+            // The PID only informs a second client's error message; the lock is what excludes it. A disk too full
+            // to hold a few bytes must not stop a client that could otherwise run.
             let pid = std::process::id();
-            file.set_len(0)
+            if let Err(e) = file
+                .set_len(0)
                 .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
-                .map_err(|e| io(OpenStep::LockFile, e))?;
+            {
+                log::warn!(
+                    "cannot write this process's PID into {}: {e}",
+                    lock_file.display()
+                );
+            }
             Ok(file)
         }
         Err(fs::TryLockError::WouldBlock) => {
@@ -1178,6 +1212,7 @@ mod tests {
         assert!(io(OpenStep::CreateDirectory).nothing_existing_was_refused());
         assert!(io(OpenStep::CreateFile).nothing_existing_was_refused());
         assert!(io(OpenStep::CreateLockFile).nothing_existing_was_refused());
+        assert!(io(OpenStep::Initialise).nothing_existing_was_refused());
         assert!(!io(OpenStep::ReadFile).nothing_existing_was_refused());
         assert!(!io(OpenStep::LockFile).nothing_existing_was_refused());
         assert!(

@@ -15,9 +15,11 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::record::SpoolBatch;
 use super::store::Spool;
 
-/// Once the spool has emptied, compact the file if it has grown past this. Compaction costs several fsyncs, so it
-/// is not worth it for a file that is already small (an empty spool's file is a few pages; see the measurements in
-/// `tests/spool.rs`).
+/// Once the spool has emptied, compact the file if it has grown past this. Compaction costs several fsyncs (a few
+/// ms), so it is not worth it for a file that is already small. Measured (`tests/spool.rs`, `measure_*`): a new
+/// spool's file is 72 KiB and 16 KiB compacted; redb reuses freed pages, so 100,000 statuses put and removed leave
+/// it at 72 KiB with 16 in flight and 140 KiB with 256 in flight. Only a burst of large statuses grows it past this;
+/// a clean stop compacts whatever the size.
 pub const COMPACT_ABOVE_BYTES: u64 = 1 << 20;
 
 /// How long dropping a [`SpoolWorker`] waits for the queued commits by default.
@@ -51,7 +53,9 @@ pub enum FinishError {
 }
 
 /// The spool's writer thread and its queue. Dropping it finishes the queued commits, waiting at most
-/// [`SpoolWorker::set_drop_within`] (default [`DEFAULT_DROP_WITHIN`]).
+/// [`SpoolWorker::set_drop_within`] (default [`DEFAULT_DROP_WITHIN`]): a blocking wait, so drop it (or call
+/// [`SpoolWorker::finish`]) outside the async loop, e.g. after the runtime's `block_on` returns or in
+/// `spawn_blocking`.
 pub struct SpoolWorker {
     queue: Option<mpsc::Sender<(u64, SpoolBatch)>>,
     /// To report a batch the thread can no longer take, so that none is lost silently.
