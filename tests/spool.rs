@@ -381,6 +381,110 @@ fn a_second_process_is_refused_naming_the_holders_pid() {
     );
 }
 
+/// Run by [`a_process_killed_mid_commit_leaves_every_acknowledged_commit_readable`] in a child process: commits
+/// one status per commit, forgetting the one ten commits older, printing each id once its commit has returned.
+#[test]
+#[ignore = "a helper run in a child process"]
+fn child_commits_until_killed() {
+    let Some(path) = std::env::var_os("SPOOL_TEST_COMMIT") else {
+        return;
+    };
+    let mut opened = open(Path::new(&path));
+    let mut id = opened.recovered.max_status_id().unwrap_or(0);
+    let mut out = std::io::stdout();
+    loop {
+        id += 1;
+        opened
+            .spool
+            .commit(&SpoolBatch {
+                put_statuses: vec![sized_status(id, (id as usize % 7) * 1000)],
+                remove_statuses: id.checked_sub(10).into_iter().collect(),
+                ..SpoolBatch::default()
+            })
+            .unwrap();
+        writeln!(out, "COMMITTED {id}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn a_process_killed_mid_commit_leaves_every_acknowledged_commit_readable() {
+    let dir = TempDir::new().unwrap();
+    let path = spool_in(&dir);
+    // Kill points: after this many acknowledged commits, then this many microseconds into the next one (a commit
+    // takes a few ms here), chosen pseudo-randomly; the seed is in every failure message.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut x = seed | 1;
+    let mut next = move |bound: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % bound
+    };
+    for round in 0..20 {
+        let commits = 1 + next(40);
+        let delay_us = next(5000);
+        let round = format!("seed {seed} round {round} ({commits} commits + {delay_us} us)");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_commits_until_killed",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SPOOL_TEST_COMMIT", &path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut last = 0;
+        let mut seen = 0;
+        while seen < commits {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(id) = line.strip_prefix("COMMITTED ") {
+                last = id.parse::<u64>().unwrap();
+                seen += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(delay_us));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Whatever printed after `last` also committed, possibly.
+        let reported: Vec<u64> = lines
+            .map_while(Result::ok)
+            .filter_map(|l| l.strip_prefix("COMMITTED ").and_then(|n| n.parse().ok()))
+            .collect();
+        let last = reported.last().copied().unwrap_or(last);
+
+        let opened = open(&path);
+        assert!(
+            opened.notices.is_empty(),
+            "round {round}: {:?}",
+            opened.notices
+        );
+        let got = ids(&opened);
+        // The last acknowledged commit is there; the one in flight may be too (it may have reached the disk
+        // before the kill). Nothing else: the ten newest ids, contiguous.
+        let newest = *got.last().unwrap();
+        assert!(
+            newest == last || newest == last + 1,
+            "round {round}: {got:?} after {last}"
+        );
+        let expected: Vec<u64> = (newest.saturating_sub(9).max(1)..=newest).collect();
+        assert_eq!(got, expected, "{round}");
+        for s in &opened.recovered.statuses {
+            assert_eq!(
+                s.update,
+                sized_status(s.id, (s.id as usize % 7) * 1000).update
+            );
+        }
+    }
+}
+
 #[test]
 fn a_spool_of_another_hotkey_or_url_is_refused_naming_both() {
     let dir = TempDir::new().unwrap();
