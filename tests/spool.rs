@@ -935,6 +935,8 @@ fn a_path_through_a_file_or_to_a_directory_is_an_error() {
     assert!(matches!(err, SpoolOpenError::NotAFile { .. }), "{err:?}");
     assert!(!err.nothing_existing_was_refused());
     assert!(as_dir.is_dir());
+    let err = Spool::open(&dir.path().join(".."), &identity()).unwrap_err();
+    assert!(matches!(err, SpoolOpenError::NotAFile { .. }), "{err:?}");
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped. `None` where mounting is not allowed (not root).

@@ -391,6 +391,12 @@ impl Spool {
     /// exists) and an empty spool takes its place: see [`SpoolNotice::MovedAside`].
     pub fn open(path: &Path, identity: &SpoolIdentity) -> Result<OpenedSpool, SpoolOpenError> {
         let our_url = normalise_url(&identity.url)?;
+        if path.file_name().is_none() {
+            // `/`, `..`, `dir/..`: no file name to put a spool (and its `.lock`) under.
+            return Err(SpoolOpenError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
         let mut notices = Vec::new();
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
