@@ -796,10 +796,10 @@ mod bench {
         if status == "completed" {
             r.latencies.push(r.pushed_at[index].elapsed());
             r.completed += 1;
-            if let Some(pid) = r.plan.sample_pid {
-                if [1000, 5000, 10_000, 20_000].contains(&r.completed) {
-                    r.hwm_samples.push((r.completed, vm_kib(pid, "VmHWM")));
-                }
+            if let Some(pid) = r.plan.sample_pid
+                && [1000, 5000, 10_000, 20_000].contains(&r.completed)
+            {
+                r.hwm_samples.push((r.completed, vm_kib(pid, "VmHWM")));
             }
             if r.pushed < r.plan.jobs {
                 push_job(r, jobs, out);

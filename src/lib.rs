@@ -16,6 +16,7 @@ pub mod reference;
 mod runtime;
 #[cfg(feature = "test-support")]
 pub mod sim;
+pub mod spool;
 
 #[cfg(feature = "runtime")]
 pub use runtime::{

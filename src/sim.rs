@@ -355,40 +355,40 @@ impl Sim {
                 }
             }
             SimEvent::Ack { not_found } => {
-                if self.authed() {
-                    if let Some((uuid, status, seq)) = self.server_in_flight.pop_front() {
-                        self.note_progress();
-                        let response = if not_found {
-                            if let Some(seq) = seq {
-                                self.refused.insert(seq);
-                            }
-                            Response::error(error_type::JOB_NOT_FOUND, "Job not found", "")
-                        } else if self.stored.insert((uuid.clone(), status)) {
-                            Response::success()
-                        } else {
-                            Response::error(error_type::INTEGRITY_ERROR, "Integrity error", "")
-                        };
-                        let actions = self.step(Input::Frame(ServerMessage::Response(response)))?;
-                        let answered = actions.iter().find_map(|a| match a {
-                            Action::Emit(Event::StatusDelivered { uuid, status, .. })
-                            | Action::Emit(Event::StatusRefused { uuid, status, .. }) => {
-                                Some((uuid, *status))
-                            }
-                            _ => None,
-                        });
-                        if answered != Some((&uuid, status)) {
-                            return Err(format!(
-                                "Response for {uuid}/{status} was matched to {answered:?}: FIFO matching broken"
-                            ));
+                if self.authed()
+                    && let Some((uuid, status, seq)) = self.server_in_flight.pop_front()
+                {
+                    self.note_progress();
+                    let response = if not_found {
+                        if let Some(seq) = seq {
+                            self.refused.insert(seq);
                         }
+                        Response::error(error_type::JOB_NOT_FOUND, "Job not found", "")
+                    } else if self.stored.insert((uuid.clone(), status)) {
+                        Response::success()
+                    } else {
+                        Response::error(error_type::INTEGRITY_ERROR, "Integrity error", "")
+                    };
+                    let actions = self.step(Input::Frame(ServerMessage::Response(response)))?;
+                    let answered = actions.iter().find_map(|a| match a {
+                        Action::Emit(Event::StatusDelivered { uuid, status, .. })
+                        | Action::Emit(Event::StatusRefused { uuid, status, .. }) => {
+                            Some((uuid, *status))
+                        }
+                        _ => None,
+                    });
+                    if answered != Some((&uuid, status)) {
+                        return Err(format!(
+                            "Response for {uuid}/{status} was matched to {answered:?}: FIFO matching broken"
+                        ));
                     }
                 }
             }
             SimEvent::PushJob(kind) => {
-                if self.authed() {
-                    if let Some(frame) = self.job_input(kind) {
-                        self.step(frame)?;
-                    }
+                if self.authed()
+                    && let Some(frame) = self.job_input(kind)
+                {
+                    self.step(frame)?;
                 }
             }
             SimEvent::Burst { count, kinds } => {
@@ -741,12 +741,12 @@ impl Sim {
                 "status seq {seq} of job {uuid} sent before its `received`"
             ));
         }
-        if let Some(&last) = self.sent_on_socket.get(uuid) {
-            if seq <= last {
-                return Err(format!(
-                    "job {uuid}: seq {seq} sent after seq {last} on one connection"
-                ));
-            }
+        if let Some(&last) = self.sent_on_socket.get(uuid)
+            && seq <= last
+        {
+            return Err(format!(
+                "job {uuid}: seq {seq} sent after seq {last} on one connection"
+            ));
         }
         self.sent_on_socket.insert(uuid.clone(), seq);
         if self.ever_sent.insert(seq) {
@@ -759,10 +759,10 @@ impl Sim {
             if update.status.is_terminal() {
                 self.terminal_sent.insert(uuid.clone());
             }
-            if let Some(&last) = self.first_sent.get(uuid) {
-                if seq <= last {
-                    return Err(format!("job {uuid}: seq {seq} first sent after seq {last}"));
-                }
+            if let Some(&last) = self.first_sent.get(uuid)
+                && seq <= last
+            {
+                return Err(format!("job {uuid}: seq {seq} first sent after seq {last}"));
             }
             self.first_sent.insert(uuid.clone(), seq);
         }
@@ -828,10 +828,10 @@ impl Sim {
                 return Err(format!("status seq {seq} ({uuid}/{status}) lost"));
             }
         }
-        if let Some((deadline, why)) = m.poll_timeout() {
-            if deadline < self.now {
-                return Err(format!("next deadline ({why}) is in the past"));
-            }
+        if let Some((deadline, why)) = m.poll_timeout()
+            && deadline < self.now
+        {
+            return Err(format!("next deadline ({why}) is in the past"));
         }
         if let Some(at) = self.shutdown_at {
             let bound = at + m.config().drain_timeout + m.config().close_timeout;

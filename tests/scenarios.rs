@@ -238,13 +238,13 @@ fn run_scenario(path: &Path) -> Result<(), String> {
                 step["input"], step["state"], expected_actions
             ));
         }
-        if let Some(expected) = step.get("accepts_statuses").and_then(Value::as_bool) {
-            if machine.accepts_statuses() != expected {
-                return Err(format!(
-                    "step {i}: accepts_statuses is {}, expected {expected}",
-                    !expected
-                ));
-            }
+        if let Some(expected) = step.get("accepts_statuses").and_then(Value::as_bool)
+            && machine.accepts_statuses() != expected
+        {
+            return Err(format!(
+                "step {i}: accepts_statuses is {}, expected {expected}",
+                !expected
+            ));
         }
         if step.get("next_deadline").is_some()
             && step["next_deadline"] != deadline.clone().unwrap_or(Value::Null)

@@ -227,12 +227,12 @@ impl ExecHandler {
                 ))
             }
         };
-        if let Some(update) = final_update {
-            if statuses.send(update).await.is_err() {
-                log::info!(
-                    "job {uuid}: the client has stopped; the job's final status was not handed over"
-                );
-            }
+        if let Some(update) = final_update
+            && statuses.send(update).await.is_err()
+        {
+            log::info!(
+                "job {uuid}: the client has stopped; the job's final status was not handed over"
+            );
         }
     }
 }
@@ -287,10 +287,12 @@ impl JobRun<'_> {
         tokio::pin!(drain);
 
         loop {
-            if let Some(exit) = &exit {
-                if !stdout_open && !stderr_open && self.pending.is_none() {
-                    return Ok(exit.clone());
-                }
+            if let Some(exit) = &exit
+                && !stdout_open
+                && !stderr_open
+                && self.pending.is_none()
+            {
+                return Ok(exit.clone());
             }
             // Every branch is cancel-safe: a pending send is kept in `self.pending`, a partial stdout line in
             // `stdout`, `read`/`write` lose no data when another branch wins, and `Child::wait` may be re-polled.

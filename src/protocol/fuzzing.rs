@@ -101,24 +101,23 @@ pub fn decode_frame(data: &[u8]) {
             matches!(&again, Ok(m) if *m == message),
             "client message re-encodes to itself: {encoded}"
         );
-        if let ClientMessage::Auth(request) = &message {
-            if let Ok(key) = keys::verify_auth_request(request) {
-                assert_eq!(
-                    keys::auth_lookup_address(request),
-                    Ok(keys::ss58_encode(&key))
-                );
-            }
+        if let ClientMessage::Auth(request) = &message
+            && let Ok(key) = keys::verify_auth_request(request)
+        {
+            assert_eq!(
+                keys::auth_lookup_address(request),
+                Ok(keys::ss58_encode(&key))
+            );
         }
     }
 
-    if let Ok((format, key)) = keys::ss58_decode_with_format(text) {
-        if let Ok(format) = u8::try_from(format) {
-            if let Ok(encoded) = keys::ss58_encode_with_format(&key, format) {
-                assert_eq!(
-                    encoded, text,
-                    "a one-byte-prefix SS58 address re-encodes to itself"
-                );
-            }
-        }
+    if let Ok((format, key)) = keys::ss58_decode_with_format(text)
+        && let Ok(format) = u8::try_from(format)
+        && let Ok(encoded) = keys::ss58_encode_with_format(&key, format)
+    {
+        assert_eq!(
+            encoded, text,
+            "a one-byte-prefix SS58 address re-encodes to itself"
+        );
     }
 }

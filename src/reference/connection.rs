@@ -212,10 +212,10 @@ impl Connection {
         if reached(self.faults.drop_after) {
             return Some(Fault::Drop);
         }
-        if let Some((n, code)) = self.faults.close_after {
-            if self.messages >= n {
-                return Some(Fault::Close(code));
-            }
+        if let Some((n, code)) = self.faults.close_after
+            && self.messages >= n
+        {
+            return Some(Fault::Close(code));
         }
         reached(self.faults.stall_after).then_some(Fault::Stall)
     }

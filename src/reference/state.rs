@@ -589,12 +589,12 @@ impl State {
             public_key: request.public_key.clone(),
             outcome: outcome.clone(),
         });
-        if let AuthOutcome::Authenticated(ss58) = outcome {
-            if let Some(record) = self.records.connection_mut(id) {
-                record.hotkey = Some(ss58);
-                // The real server sets the "last heartbeat" at authentication (section 6).
-                record.last_heartbeat = Some(now);
-            }
+        if let AuthOutcome::Authenticated(ss58) = outcome
+            && let Some(record) = self.records.connection_mut(id)
+        {
+            record.hotkey = Some(ss58);
+            // The real server sets the "last heartbeat" at authentication (section 6).
+            record.last_heartbeat = Some(now);
         }
         decision
     }

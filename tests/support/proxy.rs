@@ -832,10 +832,12 @@ impl Pump {
                     c.slow[d] = None;
                 }
                 let pos = c.pos[d];
-                if let Some(p) = c.planned.as_mut() {
-                    if p.dir == self.dir && p.trigger_at.is_none() && frames >= p.at_frame {
-                        p.trigger_at = Some(pos + p.past_boundary);
-                    }
+                if let Some(p) = c.planned.as_mut()
+                    && p.dir == self.dir
+                    && p.trigger_at.is_none()
+                    && frames >= p.at_frame
+                {
+                    p.trigger_at = Some(pos + p.past_boundary);
                 }
             }
         }
@@ -898,11 +900,10 @@ fn emit(out: &mut Vec<Out>, bytes: &[u8], slow: Option<Slow>) {
         bytes: last,
         slow: last_slow,
     }) = out.last_mut()
+        && *last_slow == slow
     {
-        if *last_slow == slow {
-            last.extend_from_slice(bytes);
-            return;
-        }
+        last.extend_from_slice(bytes);
+        return;
     }
     out.push(Out::Data {
         bytes: bytes.to_vec(),
