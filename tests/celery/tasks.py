@@ -15,6 +15,7 @@ Here "routing" is trivial and "running" is chosen by the job's `env` (signed by 
   TEST_BEHAVIOUR=return_only         accepted, then returns `completed` without publishing it
   TEST_SLEEP=<seconds>               sleep this long after `accepted` (timeouts, worker kills, Redis restarts)
   TEST_PID_FILE=<path>               write the worker process's pid there when the job starts
+  TEST_PUBLISH_RECEIVED=1            also publish `received` first (the client must not forward it twice)
 
 The broker and result backend are `$FACILITATOR_CELERY_TEST_BROKER` (redis://127.0.0.1:PORT/0), JSON serializer,
 queue `organic_jobs`, as on a validator.
@@ -120,6 +121,8 @@ async def _run(job_request):
         await _publish(rejected)
         return rejected
 
+    if env.get("TEST_PUBLISH_RECEIVED") == "1":
+        await _publish(_status(uuid, "received"))
     await _publish(_status(uuid, "accepted"))
     sleep = float(env.get("TEST_SLEEP", "0"))
     if sleep > 0:

@@ -126,9 +126,12 @@ enum Link {
     },
 }
 
+/// One job's result entry as read: (uuid, registration, the stored value if any).
+type PolledResult = (String, u64, Option<Vec<u8>>);
+
 enum Done {
     Connected(Result<(PubSubSink, PubSubStream), String>),
-    Polled(Result<Vec<(String, u64, Option<Vec<u8>>)>, String>),
+    Polled(Result<Vec<PolledResult>, String>),
     Barrier {
         epoch: u64,
         outcome: Result<(), String>,
@@ -575,7 +578,7 @@ impl Driver {
         });
     }
 
-    fn on_polled(&mut self, outcome: Result<Vec<(String, u64, Option<Vec<u8>>)>, String>) {
+    fn on_polled(&mut self, outcome: Result<Vec<PolledResult>, String>) {
         self.poll_in_flight = false;
         let now = Instant::now();
         let found = match outcome {
@@ -635,21 +638,10 @@ impl Driver {
         let Some(job) = self.jobs.get_mut(uuid) else {
             return;
         };
+        let job_deadline = job.deadline;
         if !matches!(self.link, Link::Up { .. }) {
-            if now.duration_since(job.deadline) >= unreachable_grace {
-                let update = JobStatusUpdate::horde_failed(
-                    uuid,
-                    HordeFailureReason::UnhandledTimeout,
-                    format!(
-                        "the job reached its timeout ({} s) while the Celery pipeline's Redis was unreachable; \
-                         what became of its task is unknown",
-                        self.config.job_timeout.as_secs_f64()
-                    ),
-                    Some(task_context(&job.task_id)),
-                );
-                warn!("job {uuid}: timed out while Redis was unreachable: reported horde_failed");
-                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.forward(uuid, update);
+            if now.duration_since(job_deadline) >= unreachable_grace {
+                self.fail_unreachable(uuid);
             }
             return;
         }
@@ -708,6 +700,26 @@ impl Driver {
         });
     }
 
+    /// Ends a job whose timeout passed while Redis could not say what became of its task.
+    fn fail_unreachable(&mut self, uuid: &str) {
+        let Some(job) = self.jobs.get(uuid) else {
+            return;
+        };
+        let update = JobStatusUpdate::horde_failed(
+            uuid,
+            HordeFailureReason::UnhandledTimeout,
+            format!(
+                "the job reached its timeout ({} s) while the Celery pipeline's Redis was unreachable; what \
+                 became of its task is unknown",
+                self.config.job_timeout.as_secs_f64()
+            ),
+            Some(task_context(&job.task_id)),
+        );
+        warn!("job {uuid}: timed out while Redis was unreachable: reported horde_failed");
+        self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.forward(uuid, update);
+    }
+
     fn on_deadline_checked(
         &mut self,
         uuid: String,
@@ -735,10 +747,14 @@ impl Driver {
                 PendingSource::Timeout,
             ),
             Err(problem) => {
+                let overdue = now.duration_since(job.deadline) >= self.config.unreachable_grace;
                 self.redis_error(
                     &format!("checking job {uuid}'s task at its timeout: {problem}"),
                     now,
                 );
+                if overdue {
+                    self.fail_unreachable(&uuid);
+                }
                 return;
             }
         };
