@@ -612,7 +612,8 @@ async fn a_real_worker_runs_two_hundred_jobs_and_every_outcome_is_relayed() {
 }
 
 /// A job nobody takes expires unstarted and is taken off the queue; a job that runs past the timeout is reported;
-/// a worker process killed mid-job fails its job with the worker's error.
+/// a worker process killed mid-job fails its job with the worker's error; a task name the workers do not know
+/// fails at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_timeout_and_a_killed_worker_are_reported() {
     let Some(services) = services("expiry_timeout_and_a_killed_worker_are_reported") else {
@@ -628,6 +629,9 @@ async fn expiry_timeout_and_a_killed_worker_are_reported() {
     let nobody = started(nobody).await;
     let short = started(config(&env, Duration::from_secs(3))).await;
     let normal = started(config(&env, Duration::from_secs(60))).await;
+    let mut misnamed = config(&env, Duration::from_secs(60));
+    misnamed.task = "no.such.task".to_owned();
+    let misnamed = started(misnamed).await;
 
     let expired_uuid = uuid(3, 1);
     let expired = run(&nobody, job(&expired_uuid, &[]));
@@ -662,7 +666,9 @@ async fn expiry_timeout_and_a_killed_worker_are_reported() {
             "kill the worker process"
         );
     };
-    let (expired, too_long, killed, ()) = tokio::join!(expired, too_long, killed, killer);
+    let unregistered = run(&misnamed, job(&uuid(3, 5), &[]));
+    let (expired, too_long, killed, (), unregistered) =
+        tokio::join!(expired, too_long, killed, killer, unregistered);
 
     assert_eq!(statuses(&expired), [JobStatus::HordeFailed]);
     let (reason, message) = horde_failure(&expired[0]);
@@ -699,12 +705,18 @@ async fn expiry_timeout_and_a_killed_worker_are_reported() {
     assert!(message.contains("WorkerLostError"), "{message}");
     assert!(message.contains("SIGKILL"), "{message}");
 
+    // A task name the workers do not know: Celery stores a NotRegistered failure, reported at once.
+    assert_eq!(statuses(&unregistered), [JobStatus::HordeFailed]);
+    let (_, message) = horde_failure(&unregistered[0]);
+    assert!(message.contains("NotRegistered: no.such.task"), "{message}");
+
     // The worker replaced its process and still runs jobs.
     assert_completed_run(&uuid(3, 4), &run(&normal, job(&uuid(3, 4), &[])).await);
 }
 
 /// Redis restarted (killed, started empty) while two jobs run: the pipeline signal goes false, then true; the
-/// subscription comes back; both jobs still end with their real outcome; a job queued afterwards runs.
+/// subscription comes back; both jobs still end with their real outcome; a job queued afterwards runs, also right
+/// after a second restart while idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_survive_a_redis_restart() {
     let Some(services) = services("jobs_survive_a_redis_restart") else {
@@ -770,6 +782,22 @@ async fn jobs_survive_a_redis_restart() {
 
     // New jobs flow again once the worker has reconnected too.
     assert_completed_run(&uuid(4, 3), &run(&handler, job(&uuid(4, 3), &[])).await);
+
+    // Restarted again while idle: the first job after it is queued at once (the command connection was refreshed
+    // before the pipeline was called available), not failed on the dead connection.
+    env.kill_redis();
+    timeout(LIMIT, available.wait_for(|up| !*up))
+        .await
+        .expect("the pipeline signal goes false")
+        .expect("handler alive");
+    env.start_redis();
+    timeout(LIMIT, available.wait_for(|up| *up))
+        .await
+        .expect("the pipeline signal comes back")
+        .expect("handler alive");
+    let enqueue_failures = handler.stats().enqueue_failures;
+    assert_completed_run(&uuid(4, 4), &run(&handler, job(&uuid(4, 4), &[])).await);
+    assert_eq!(handler.stats().enqueue_failures, enqueue_failures);
 }
 
 /// A client restarted mid-job: the first handler is dropped after `accepted`; the job finishes while no client
@@ -881,4 +909,77 @@ async fn a_restarted_client_reattaches_and_takes_the_terminal_status_from_the_re
         Some(&JobStatus::Completed),
         "{updates:?}"
     );
+}
+
+/// Both worker processes busy: a new job is reserved (prefetched) by the worker but not started before its
+/// timeout; it is reported as expired unstarted, and the worker later marks the task REVOKED without running it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_reserved_by_a_busy_worker_expires_unstarted() {
+    let Some(services) = services("a_job_reserved_by_a_busy_worker_expires_unstarted") else {
+        return;
+    };
+    logs();
+    let mut env = Env::new(services);
+    env.start_worker("organic_jobs").await;
+    let normal = started(config(&env, Duration::from_secs(60))).await;
+    let short = started(config(&env, Duration::from_secs(2))).await;
+
+    let blockers: Vec<_> = (1..=2)
+        .map(|n| {
+            let normal = normal.clone();
+            tokio::spawn(
+                async move { run(&normal, job(&uuid(6, n), &[("TEST_SLEEP", "5")])).await },
+            )
+        })
+        .collect();
+    // Both processes busy (each has published `accepted`).
+    let deadline = Instant::now() + LIMIT;
+    while normal.stats().forwarded < 2 {
+        assert!(Instant::now() < deadline, "both blockers started");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let late_uuid = uuid(6, 3);
+    let late = run(&short, job(&late_uuid, &[])).await;
+    assert_eq!(statuses(&late), [JobStatus::HordeFailed], "{late:?}");
+    let (reason, message) = horde_failure(&late[0]);
+    assert_eq!(reason, HordeFailureReason::UnhandledTimeout);
+    assert!(
+        message.contains("reserved it but did not start it"),
+        "{message}"
+    );
+
+    for blocker in blockers {
+        let updates = timeout(LIMIT, blocker)
+            .await
+            .expect("ends")
+            .expect("no panic");
+        assert_eq!(statuses(&updates), COMPLETED_RUN);
+    }
+    // The worker dropped the expired task without running it: REVOKED ("expired") in the result backend.
+    let mut redis = env.redis().await;
+    let deadline = Instant::now() + LIMIT;
+    let keys: Vec<String> = loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("celery-task-meta-*")
+            .query_async(&mut redis)
+            .await
+            .expect("KEYS");
+        if keys.len() == 3 {
+            break keys;
+        }
+        assert!(Instant::now() < deadline, "three results: {keys:?}");
+        sleep(Duration::from_millis(100)).await;
+    };
+    let mut revoked = 0;
+    for key in keys {
+        let meta: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .expect("GET");
+        if meta.contains("\"REVOKED\"") && meta.contains("expired") {
+            revoked += 1;
+        }
+    }
+    assert_eq!(revoked, 1, "the late task was revoked as expired");
 }

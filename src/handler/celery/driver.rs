@@ -260,7 +260,7 @@ impl Driver {
                 },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
                     Ok(done) => self.on_done(done),
-                    Err(e) => warn!("celery handler: a Redis operation's task failed: {e}"),
+                    Err(e) => self.recover_from_lost_task(&e),
                 },
                 message = next_message(&mut self.link) => self.on_message(message),
                 () = sleep_until_opt(reconnect_at) => self.connect(),
@@ -326,11 +326,19 @@ impl Driver {
     fn connect(&mut self) {
         self.link = Link::Connecting;
         let client = self.client.clone();
+        let mut commands = self.commands.clone();
         self.tasks.spawn(async move {
             let attempt = async {
                 let pubsub = client.get_async_pubsub().await?;
                 let (mut sink, stream) = pubsub.split();
                 sink.psubscribe(CHANNEL_PATTERN).await?;
+                // The command connection must work too before the pipeline is called available. After a Redis
+                // restart it still holds the dead socket, and only a failed command makes the manager replace it:
+                // spend that failure on a PING here rather than on a job's LPUSH.
+                let ping = redis::cmd("PING");
+                if ping.query_async::<()>(&mut commands).await.is_err() {
+                    ping.query_async::<()>(&mut commands).await?;
+                }
                 Ok::<_, redis::RedisError>((sink, stream))
             };
             let outcome = match tokio::time::timeout(REDIS_TIMEOUT, attempt).await {
@@ -894,6 +902,27 @@ impl Driver {
                 self.config.redacted_broker(),
                 held_back_note(held_back)
             );
+        }
+    }
+
+    /// A spawned Redis operation panicked or was cancelled (neither should happen: they return errors): its
+    /// outcome is unknown, so every "in flight" mark is cleared and the work is redone on the next tick.
+    fn recover_from_lost_task(&mut self, error: &tokio::task::JoinError) {
+        warn!("celery handler: a Redis operation's task failed: {error}; retrying");
+        self.poll_in_flight = false;
+        for job in self.jobs.values_mut() {
+            job.deadline_check_in_flight = false;
+        }
+        match &mut self.link {
+            Link::Up {
+                barrier_in_flight, ..
+            } => *barrier_in_flight = false,
+            Link::Connecting => {
+                self.link = Link::Down {
+                    retry_at: Instant::now() + reconnect_delay(self.reconnect_attempts),
+                };
+            }
+            Link::Down { .. } => {}
         }
     }
 
