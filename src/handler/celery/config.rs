@@ -136,8 +136,8 @@ pub enum CeleryConfigError {
 }
 
 /// The URL with any password replaced by `***`: the password of `user:password@` (or a lone `secret@`, which Redis
-/// URLs may use for a password), and `password=`/`pass=` query values. Anything not URL-shaped is returned with
-/// everything after a `@` up to it replaced, so a malformed URL cannot leak either.
+/// URLs may use for a password), and `password=`/`pass=` query values. Everything before the last `@` counts as user
+/// information, so a password holding a raw `/`, `?` or `@`, or a malformed URL, cannot leak either.
 ///
 /// ```
 /// use facilitator_client::handler::celery::redact_url;

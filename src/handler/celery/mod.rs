@@ -6,7 +6,7 @@
 //! job and publishes every status update on the Redis pub/sub channel `job_status_updates__<uuid>` through
 //! channels_redis (msgpack, [`status`]); the handler forwards them until the terminal one. The task's Celery result
 //! (`celery-task-meta-<task id>`) carries its terminal status, for jobs whose updates were missed (a Redis gap, a
-//! client restart), and says when a task failed without one. One background task ([`driver`]) owns the
+//! client restart), and says when a task failed without one. One background task (module `driver`) owns the
 //! subscription, the registry of running jobs, result reads and timeouts.
 //!
 //! Owns: queueing, the per-job status stream, the "pipeline available" signal, task ids per job, cheat reports to
