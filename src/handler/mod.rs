@@ -14,9 +14,13 @@ use tokio::sync::mpsc;
 
 use crate::protocol::{JobRequest, JobStatus, JobStatusUpdate};
 
+#[cfg(feature = "celery")]
+pub mod celery;
 pub mod echo;
 pub mod exec;
 
+#[cfg(feature = "celery")]
+pub use celery::CeleryHandler;
 pub use echo::EchoHandler;
 pub use exec::ExecHandler;
 

@@ -14,7 +14,7 @@ mod job;
 pub mod keys;
 mod messages;
 #[cfg_attr(not(feature = "test-support"), allow(unreachable_pub))]
-mod pyjson;
+pub(crate) mod pyjson;
 mod signature;
 #[cfg(any(feature = "reference", feature = "test-support"))]
 pub mod testing;
