@@ -194,7 +194,8 @@ async fn a_link_dead_only_towards_the_facilitator_is_detected_by_the_unanswered_
 async fn a_minute_of_faults_every_one_to_two_seconds_with_the_default_backoff_loses_nothing() {
     const CHAOS: Duration = Duration::from_secs(60);
     /// Jobs open at once while the test submits them, and the pause between two submissions: a steady flow of
-    /// about a hundred jobs a second, so that every connection has work in flight when it is cut.
+    /// dozens of jobs a second (about fifty in the debug build), so that every connection has work in flight when
+    /// it is cut.
     const OPEN: usize = 16;
     const PACE: Duration = Duration::from_millis(8);
     let _serial = SERIAL.lock().await;
