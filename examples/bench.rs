@@ -4,7 +4,11 @@
 //!   against a lean load server written here, and against the reference facilitator;
 //! - the same work done by a minimal "ceiling" client (raw tokio-tungstenite on a current_thread runtime, no JSON
 //!   parsing, no signature check: it finds the uuid by byte search and writes the three status texts);
-//! - SIGINT-to-exit of the real binary, idle and with 1,000 jobs in flight;
+//! - SIGINT-to-exit of the real binary, idle, with 1,000 jobs in flight, and while the server keeps 1,000 jobs
+//!   outstanding and refills each as it is answered;
+//! - a flapping link (the server drops the connection every 1-2 s while jobs flow): the longest reconnect delay
+//!   after a productive connection;
+//! - peak RSS of the client under 100,000 signed jobs pushed back to back without waiting for answers;
 //! - idle cost (wake-ups and CPU per second with a 1 s heartbeat) of the client and of the ceiling client;
 //! - peak RSS of the client process, idle and along 20,000 jobs;
 //! - one sr25519 job-signature check, batch verification, the pure machine's steps per second;
@@ -59,6 +63,10 @@ mod bench {
         only: Vec<String>,
         /// Keep callgrind's output files here.
         keep: Option<PathBuf>,
+        /// How long the flapping link flaps.
+        flap_secs: u64,
+        /// Jobs of the flood.
+        flood_jobs: usize,
     }
 
     impl Options {
@@ -70,9 +78,11 @@ mod bench {
     fn usage() -> ! {
         eprintln!(
             "usage: bench [--jobs N] [--max-open N[,N...]] [--sigint-runs N] [--idle-secs S] [--no-callgrind] \
-             [--no-reference] [--only SECTION[,SECTION...]] [--keep-callgrind DIR]\n\
-             sections: verify, machine, throughput, reference, memory, sigint, idle, callgrind\n\
-             defaults: --jobs 20000 --max-open 1,16,256 --sigint-runs 7 --idle-secs 10"
+             [--no-reference] [--only SECTION[,SECTION...]] [--keep-callgrind DIR] [--flap-secs S] \
+             [--flood-jobs N]\n\
+             sections: verify, machine, throughput, reference, memory, sigint, refill, flood, flap, idle, callgrind\n\
+             defaults: --jobs 20000 --max-open 1,16,256 --sigint-runs 7 --idle-secs 10 --flap-secs 30 \
+             --flood-jobs 100000"
         );
         std::process::exit(2)
     }
@@ -93,6 +103,8 @@ mod bench {
             reference: true,
             only: Vec::new(),
             keep: None,
+            flap_secs: 30,
+            flood_jobs: 100_000,
         };
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -113,6 +125,8 @@ mod bench {
                 "--no-reference" => options.reference = false,
                 "--only" => options.only = value().split(',').map(str::to_owned).collect(),
                 "--keep-callgrind" => options.keep = Some(PathBuf::from(value())),
+                "--flap-secs" => options.flap_secs = value().parse().unwrap_or_else(|_| usage()),
+                "--flood-jobs" => options.flood_jobs = value().parse().unwrap_or_else(|_| usage()),
                 _ => usage(),
             }
         }
@@ -217,6 +231,37 @@ mod bench {
         if options.wants("sigint") {
             section("SIGINT to exit of the client binary");
             sigint_runs(&binary, &server, options.sigint_runs, &mut report);
+        }
+
+        if options.wants("refill") {
+            section(
+                "SIGINT to exit while the server keeps 1,000 jobs outstanding, refilling each as it is answered",
+            );
+            sigint_refill_runs(&binary, &server, options.sigint_runs, &mut report);
+        }
+
+        if options.wants("flood") {
+            section("client peak RSS under a flood of jobs pushed back to back");
+            // Its own server: a job of its own for each push, each padded to about 1 KiB.
+            println!(
+                "signing {} distinct jobs of about 1 KiB for the flood ...",
+                options.flood_jobs
+            );
+            let flood = Arc::new(make_jobs_with(options.flood_jobs.max(1), padded_job_text));
+            let size = flood[0].len();
+            let flood_server = LoadServer::start(flood);
+            flood_run(
+                &binary,
+                &flood_server,
+                options.flood_jobs,
+                size,
+                &mut report,
+            );
+        }
+
+        if options.wants("flap") {
+            section("a flapping link: the connection dropped every 1-2 s while jobs flow");
+            flap_run(&binary, &server, options.flap_secs, &mut report);
         }
 
         if options.wants("idle") {
@@ -540,11 +585,32 @@ mod bench {
         fields.to_wire_text()
     }
 
+    /// A job like [`job_text`] with an environment variable that brings its text to about 1 KiB (the flood's
+    /// "~1 KiB signed jobs").
+    fn padded_job_text(i: usize) -> String {
+        // Every signed minimal job has the same length (fixed-width UUID and timestamp): measured once.
+        static SIGNED_LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let signed_len = *SIGNED_LEN.get_or_init(|| job_text(0).len());
+        let mut fields = testing::minimal_job(&uuid_of(i));
+        // `"env": {}` becomes `"env": {"PAD": "x..."}`.
+        let pad = 1024usize.saturating_sub(signed_len + "\"PAD\": \"\"".len());
+        fields.env.insert("PAD", "x".repeat(pad));
+        fields.sign(
+            &testing::test_signer(),
+            testing::TEST_TIMESTAMP_NS + i as u64,
+        );
+        fields.to_wire_text()
+    }
+
     fn make_jobs(n: usize) -> Vec<String> {
+        make_jobs_with(n, job_text)
+    }
+
+    fn make_jobs_with(n: usize, text: fn(usize) -> String) -> Vec<String> {
         // Two threads: signing 20,000 jobs takes a moment.
         let half = n / 2;
-        let upper = std::thread::spawn(move || (half..n).map(job_text).collect::<Vec<_>>());
-        let mut jobs: Vec<String> = (0..half).map(job_text).collect();
+        let upper = std::thread::spawn(move || (half..n).map(text).collect::<Vec<_>>());
+        let mut jobs: Vec<String> = (0..half).map(text).collect();
         jobs.extend(upper.join().expect("signing thread"));
         jobs
     }
@@ -569,17 +635,41 @@ mod bench {
 
     /// What one measured run asks of the server.
     struct Plan {
+        /// Jobs to push in all (`usize::MAX`: without end); beyond the pre-signed list it starts over, a job then
+        /// reusing the UUID of one long finished.
         jobs: usize,
+        /// At most this many pushed and not answered (`completed` or `rejected`): a new job goes out for each
+        /// answer.
         max_open: usize,
         /// Keep Responses to status updates until [`Control::Release`].
         hold: bool,
         /// Sample this process's VmHWM when these many jobs have completed.
         sample_pid: Option<u32>,
+        /// Drop each connection (no close frame) this long (uniform) after its authentication; the run goes on
+        /// over the next connection, with `max_open` fresh jobs.
+        flap: Option<(Duration, Duration)>,
+        /// Report when the connection ends (the client exited), not only when every job is answered.
+        report_at_end: bool,
+    }
+
+    impl Plan {
+        fn jobs(jobs: usize, max_open: usize) -> Plan {
+            Plan {
+                jobs,
+                max_open,
+                hold: false,
+                sample_pid: None,
+                flap: None,
+                report_at_end: false,
+            }
+        }
     }
 
     enum Control {
         Start(Plan, oneshot::Sender<RunStats>),
         Release,
+        /// End the run now and report it.
+        Finish,
     }
 
     /// What the server measured in one run.
@@ -589,6 +679,21 @@ mod bench {
         out_of_order: u64,
         server_cpu_ns: u64,
         hwm_samples: Vec<(usize, u64)>,
+        pushed: usize,
+        completed: usize,
+        /// Jobs answered `rejected` (busy).
+        rejected: usize,
+        /// Statuses that arrived again (re-sent after a reconnect).
+        duplicates: u64,
+        /// Pushed jobs without any status.
+        unanswered: usize,
+        /// Jobs with `received` but without `completed`.
+        incomplete: usize,
+        /// Flapping: connections dropped, the time from each drop after a productive connection (one that had a
+        /// status) to the next authentication, and drops of connections without a status.
+        drops: usize,
+        gaps: Vec<Duration>,
+        unproductive_drops: usize,
     }
 
     /// Counters the bench polls.
@@ -597,6 +702,10 @@ mod bench {
         heartbeats: AtomicU64,
         statuses: AtomicU64,
         connections_ended: AtomicU64,
+        /// Jobs of the current run written and flushed to the socket.
+        jobs_flushed: AtomicU64,
+        /// A connection is being served.
+        connected: std::sync::atomic::AtomicBool,
     }
 
     /// A WebSocket server on loopback that accepts any auth request, pipelines pre-signed job requests (at most
@@ -627,10 +736,21 @@ mod bench {
                         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
                         let _ = addr_tx.send(listener.local_addr().expect("address"));
                         let mut control_rx = control_rx;
+                        let mut run: Option<ActiveRun> = None;
                         while let Ok((tcp, _)) = listener.accept().await {
                             let _ = tcp.set_nodelay(true);
                             if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                                serve(ws, &mut control_rx, &jobs, &shared).await;
+                                shared.connected.store(true, Ordering::SeqCst);
+                                serve(ws, &mut control_rx, &jobs, &shared, &mut run).await;
+                                shared.connected.store(false, Ordering::SeqCst);
+                            }
+                            // Only a flapping run outlives its connection; one that reports at the end does so now.
+                            if let Some(mut r) = run.take() {
+                                if r.plan.flap.is_some() {
+                                    run = Some(r);
+                                } else if r.plan.report_at_end {
+                                    r.report();
+                                }
                             }
                             shared.connections_ended.fetch_add(1, Ordering::SeqCst);
                         }
@@ -655,23 +775,117 @@ mod bench {
             let _ = self.control.send(Control::Release);
         }
 
+        fn finish(&self) {
+            let _ = self.control.send(Control::Finish);
+        }
+
         fn heartbeats(&self) -> u64 {
             self.progress.heartbeats.load(Ordering::SeqCst)
         }
     }
 
+    /// A job's progress at the server: statuses seen in order (0..=3), or answered `rejected`.
+    const REJECTED: u8 = 4;
+
     struct ActiveRun {
         plan: Plan,
         done: Option<oneshot::Sender<RunStats>>,
+        /// By slot (job index modulo the list): when it was last pushed, what came of it.
         pushed_at: Vec<Instant>,
         progress: Vec<u8>,
         latencies: Vec<Duration>,
         pushed: usize,
         completed: usize,
+        rejected: usize,
+        /// Pushed on this connection and not answered yet.
+        open: usize,
         out_of_order: u64,
+        duplicates: u64,
         started: Instant,
         cpu_at_start: u64,
         hwm_samples: Vec<(usize, u64)>,
+        /// Flapping: the last drop and whether that connection had a status; what was measured.
+        last_drop: Option<(Instant, bool)>,
+        statuses_on_connection: u64,
+        drops: usize,
+        gaps: Vec<Duration>,
+        unproductive_drops: usize,
+        rng: u64,
+    }
+
+    impl ActiveRun {
+        fn new(plan: Plan, done: oneshot::Sender<RunStats>, slots: usize) -> ActiveRun {
+            let slots = plan.jobs.min(slots);
+            let now = Instant::now();
+            ActiveRun {
+                plan,
+                done: Some(done),
+                pushed_at: vec![now; slots],
+                progress: vec![0; slots],
+                latencies: Vec::with_capacity(slots),
+                pushed: 0,
+                completed: 0,
+                rejected: 0,
+                open: 0,
+                out_of_order: 0,
+                duplicates: 0,
+                started: now,
+                cpu_at_start: thread_cpu_ns(),
+                hwm_samples: Vec::new(),
+                last_drop: None,
+                statuses_on_connection: 0,
+                drops: 0,
+                gaps: Vec::new(),
+                unproductive_drops: 0,
+                rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()),
+            }
+        }
+
+        /// Pushes jobs until `max_open` are open or every job is out.
+        fn fill(&mut self, jobs: &[String], out: &mut Vec<Message>) {
+            while self.open < self.plan.max_open && self.pushed < self.plan.jobs {
+                push_job(self, jobs, out);
+            }
+        }
+
+        /// When to drop the connection just authenticated (flapping runs).
+        fn drop_at(&mut self) -> Option<tokio::time::Instant> {
+            let (lo, hi) = self.plan.flap?;
+            // xorshift: the spread of the drop times needs no more than that.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let span = hi.saturating_sub(lo).as_millis() as u64;
+            let after = lo + Duration::from_millis(self.rng % (span + 1));
+            Some(tokio::time::Instant::now() + after)
+        }
+
+        /// Sends what was measured, once.
+        fn report(&mut self) {
+            let Some(done) = self.done.take() else {
+                return;
+            };
+            let slots = self.pushed.min(self.progress.len());
+            let _ = done.send(RunStats {
+                elapsed: self.started.elapsed(),
+                latencies: std::mem::take(&mut self.latencies),
+                out_of_order: self.out_of_order,
+                server_cpu_ns: thread_cpu_ns() - self.cpu_at_start,
+                hwm_samples: std::mem::take(&mut self.hwm_samples),
+                pushed: self.pushed,
+                completed: self.completed,
+                rejected: self.rejected,
+                duplicates: self.duplicates,
+                unanswered: self.progress[..slots].iter().filter(|p| **p == 0).count(),
+                incomplete: self.progress[..slots]
+                    .iter()
+                    .filter(|p| matches!(**p, 1 | 2))
+                    .count(),
+                drops: self.drops,
+                gaps: std::mem::take(&mut self.gaps),
+                unproductive_drops: self.unproductive_drops,
+            });
+        }
     }
 
     async fn serve(
@@ -679,43 +893,52 @@ mod bench {
         control: &mut mpsc::UnboundedReceiver<Control>,
         jobs: &Arc<Vec<String>>,
         progress: &Progress,
+        run: &mut Option<ActiveRun>,
     ) {
         let mut authenticated = false;
-        let mut run: Option<ActiveRun> = None;
         let mut held: Vec<Message> = Vec::new();
         let mut out: Vec<Message> = Vec::new();
+        // Flapping: when this connection is dropped.
+        let mut drop_at: Option<tokio::time::Instant> = None;
         loop {
+            let drop_due = async {
+                match drop_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 command = control.recv() => match command {
                     Some(Control::Start(plan, done)) => {
-                        let total = plan.jobs;
-                        let mut r = ActiveRun {
-                            plan,
-                            done: Some(done),
-                            pushed_at: Vec::with_capacity(total),
-                            progress: vec![0; total],
-                            latencies: Vec::with_capacity(total),
-                            pushed: 0,
-                            completed: 0,
-                            out_of_order: 0,
-                            started: Instant::now(),
-                            cpu_at_start: thread_cpu_ns(),
-                            hwm_samples: Vec::new(),
-                        };
-                        while r.pushed < r.plan.jobs.min(r.plan.max_open) {
-                            push_job(&mut r, jobs, &mut out);
-                        }
-                        run = Some(r);
+                        progress.jobs_flushed.store(0, Ordering::SeqCst);
+                        let mut r = ActiveRun::new(plan, done, jobs.len());
+                        r.fill(jobs, &mut out);
+                        drop_at = r.drop_at();
+                        *run = Some(r);
                     }
                     Some(Control::Release) => {
                         out.append(&mut held);
-                        if let Some(r) = &mut run {
+                        if let Some(r) = run.as_mut() {
                             r.plan.hold = false;
                         }
                     }
+                    Some(Control::Finish) => {
+                        if let Some(mut r) = run.take() {
+                            r.report();
+                        }
+                        drop_at = None;
+                    }
                     None => return,
                 },
+                () = drop_due => {
+                    if let Some(r) = run.as_mut() {
+                        r.drops += 1;
+                        r.last_drop = Some((Instant::now(), r.statuses_on_connection > 0));
+                    }
+                    // Dropping the stream closes the TCP connection without a close frame.
+                    return;
+                }
                 frame = ws.next() => {
                     let mut frame = frame;
                     loop {
@@ -725,6 +948,18 @@ mod bench {
                                 if !authenticated {
                                     authenticated = true;
                                     out.push(Message::text(SUCCESS));
+                                    if let Some(r) = run.as_mut().filter(|r| r.plan.flap.is_some()) {
+                                        // A flapping run resumes on the new connection.
+                                        match r.last_drop.take() {
+                                            Some((at, true)) => r.gaps.push(at.elapsed()),
+                                            Some((_, false)) => r.unproductive_drops += 1,
+                                            None => {}
+                                        }
+                                        r.statuses_on_connection = 0;
+                                        r.open = 0;
+                                        r.fill(jobs, &mut out);
+                                        drop_at = r.drop_at();
+                                    }
                                 } else if text.contains("V0JobStatusUpdate") {
                                     progress.statuses.fetch_add(1, Ordering::Relaxed);
                                     on_status(text, run.as_mut(), jobs, &mut out, &mut held);
@@ -751,16 +986,28 @@ mod bench {
             if ws.flush().await.is_err() {
                 return;
             }
+            if let Some(r) = run.as_ref() {
+                progress
+                    .jobs_flushed
+                    .store(r.pushed as u64, Ordering::SeqCst);
+            }
             if run.as_ref().is_some_and(|r| r.done.is_none()) {
-                run = None;
+                *run = None;
             }
         }
     }
 
     fn push_job(r: &mut ActiveRun, jobs: &[String], out: &mut Vec<Message>) {
-        out.push(Message::text(jobs[r.pushed].clone()));
-        r.pushed_at.push(Instant::now());
+        let slot = r.pushed % jobs.len();
+        out.push(Message::text(jobs[slot].clone()));
+        if let Some(at) = r.pushed_at.get_mut(slot) {
+            *at = Instant::now();
+        }
+        if let Some(progress) = r.progress.get_mut(slot) {
+            *progress = 0;
+        }
         r.pushed += 1;
+        r.open += 1;
     }
 
     fn on_status(
@@ -780,42 +1027,55 @@ mod bench {
         } else {
             out.push(reply);
         }
+        r.statuses_on_connection += 1;
         let Some((index, status)) = status_of(text) else {
             r.out_of_order += 1;
             return;
         };
-        let Some(seen) = r.progress.get_mut(index) else {
+        let slot = index % jobs.len();
+        let Some(seen) = r.progress.get_mut(slot) else {
             r.out_of_order += 1;
             return;
         };
         let expected = ["received", "accepted", "completed"];
-        if expected.get(usize::from(*seen)) != Some(&status) {
-            r.out_of_order += 1;
+        let answered = match (status, expected.iter().position(|s| *s == status)) {
+            // `busy`: at the bound, or while draining. Without `received`.
+            ("rejected", _) if *seen == 0 => {
+                *seen = REJECTED;
+                r.rejected += 1;
+                true
+            }
+            (_, Some(p)) if p == usize::from(*seen) => {
+                *seen += 1;
+                status == "completed"
+            }
+            // Already seen: sent again after a reconnect.
+            (_, Some(p)) if p < usize::from(*seen) && *seen != REJECTED => {
+                r.duplicates += 1;
+                false
+            }
+            _ => {
+                r.out_of_order += 1;
+                false
+            }
+        };
+        if !answered {
+            return;
         }
-        *seen += 1;
+        r.open = r.open.saturating_sub(1);
         if status == "completed" {
-            r.latencies.push(r.pushed_at[index].elapsed());
+            r.latencies.push(r.pushed_at[slot].elapsed());
             r.completed += 1;
             if let Some(pid) = r.plan.sample_pid
                 && [1000, 5000, 10_000, 20_000].contains(&r.completed)
             {
                 r.hwm_samples.push((r.completed, vm_kib(pid, "VmHWM")));
             }
-            if r.pushed < r.plan.jobs {
-                push_job(r, jobs, out);
-            }
-            if r.completed == r.plan.jobs {
-                // Reported at once: the client may close right after its last status.
-                if let Some(done) = r.done.take() {
-                    let _ = done.send(RunStats {
-                        elapsed: r.started.elapsed(),
-                        latencies: std::mem::take(&mut r.latencies),
-                        out_of_order: r.out_of_order,
-                        server_cpu_ns: thread_cpu_ns() - r.cpu_at_start,
-                        hwm_samples: std::mem::take(&mut r.hwm_samples),
-                    });
-                }
-            }
+        }
+        r.fill(jobs, out);
+        if r.completed + r.rejected == r.plan.jobs {
+            // Reported at once: the client may close right after its last status.
+            r.report();
         }
     }
 
@@ -947,10 +1207,52 @@ mod bench {
     }
 
     fn spawn(runner: Runner, binary: &Path, url: &str, heartbeat: &str) -> Child {
+        spawn_with(runner, binary, url, heartbeat, &[], false).0
+    }
+
+    /// The client's log lines that say how it reconnected and how it stopped, collected from its stderr by a
+    /// thread of their own (every other line, one per job accepted, is read and dropped).
+    struct ClientLog {
+        thread: std::thread::JoinHandle<Vec<String>>,
+    }
+
+    impl ClientLog {
+        fn start(stderr: std::process::ChildStderr) -> ClientLog {
+            use std::io::BufRead;
+            let thread = std::thread::spawn(move || {
+                std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter(|l| {
+                        ["stopped (", " -> ", "not answered", "held back"]
+                            .iter()
+                            .any(|k| l.contains(k))
+                    })
+                    .collect()
+            });
+            ClientLog { thread }
+        }
+
+        /// The lines kept, once the client has exited.
+        fn lines(self) -> Vec<String> {
+            self.thread.join().unwrap_or_default()
+        }
+    }
+
+    /// Like [`spawn`], with more arguments for the client, and its stderr kept when `logged`.
+    fn spawn_with(
+        runner: Runner,
+        binary: &Path,
+        url: &str,
+        heartbeat: &str,
+        extra: &[&str],
+        logged: bool,
+    ) -> (Child, Option<ClientLog>) {
         let mut command = match runner {
             Runner::Client => client_command(binary, url, heartbeat),
             Runner::Ceiling => ceiling_command(url, heartbeat),
         };
+        command.args(extra);
         // BENCH_CLIENT_PREFIX="valgrind --tool=massif ..." runs the client under a profiler (the /proc figures are
         // then the profiler's).
         if let (Runner::Client, Ok(prefix)) = (runner, std::env::var("BENCH_CLIENT_PREFIX")) {
@@ -969,12 +1271,18 @@ mod bench {
                 command = wrapped;
             }
         }
-        command
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if logged {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
-            .expect("the client starts")
+            .expect("the client starts");
+        let log = child.stderr.take().map(ClientLog::start);
+        (child, log)
     }
 
     /// Waits until the server has seen one more heartbeat than `before` (the client sends one right after its auth
@@ -1040,10 +1348,8 @@ mod bench {
         let cpu_before = cpu_ns(pid);
         let stats = server
             .run(Plan {
-                jobs,
-                max_open,
-                hold: false,
                 sample_pid: Some(pid),
+                ..Plan::jobs(jobs, max_open)
             })
             .blocking_recv()
             .expect("the run ends");
@@ -1064,10 +1370,11 @@ mod bench {
             format!("{name}, lean server, max_open {max_open}: jobs/s"),
             format!("{:.0}", result.jobs_per_sec),
             format!(
-                "p50 {} p99 {}; {jobs} jobs in {secs:.2} s; {} out of order",
+                "p50 {} p99 {}; {jobs} jobs in {secs:.2} s; {} out of order; {} answered busy",
                 us(percentile(&latencies, 0.5)),
                 us(percentile(&latencies, 0.99)),
-                stats.out_of_order
+                stats.out_of_order,
+                stats.rejected
             ),
         );
         report.add(
@@ -1196,14 +1503,7 @@ mod bench {
         std::thread::sleep(Duration::from_millis(100));
         let mut samples = vec![format!("idle {}", mib(vm_kib(pid, "VmHWM")))];
         for run in 1..=3 {
-            let _ = server
-                .run(Plan {
-                    jobs,
-                    max_open,
-                    hold: false,
-                    sample_pid: None,
-                })
-                .blocking_recv();
+            let _ = server.run(Plan::jobs(jobs, max_open)).blocking_recv();
             samples.push(format!("{} jobs {}", run * jobs, mib(vm_kib(pid, "VmHWM"))));
         }
         let rss = vm_kib(pid, "VmRSS");
@@ -1249,17 +1549,29 @@ mod bench {
         let mut busy = Vec::new();
         let mut codes = Vec::new();
         let mut drained = 0;
+        // All 1,000 jobs accepted and all 3,000 statuses held, so that the figure stays comparable with the earlier
+        // ones: with the defaults (256 running jobs, 1,024 statuses held) most of the 1,000 would be answered busy
+        // at once or, with the Responses held, not answered at all.
+        let config = std::env::temp_dir().join(format!("bench-sigint-{}.toml", std::process::id()));
+        std::fs::write(&config, "max_running_jobs = 1000\noutbox_capacity = 3072\n")
+            .expect("the bench writes its client configuration");
+        let config_arg = config.to_string_lossy().into_owned();
         for _ in 0..runs {
             let ended = server.progress.connections_ended.load(Ordering::SeqCst);
             let before = server.heartbeats();
-            let mut child = spawn(Runner::Client, binary, &server.url, "20");
+            let (mut child, _) = spawn_with(
+                Runner::Client,
+                binary,
+                &server.url,
+                "20",
+                &["--config", &config_arg],
+                false,
+            );
             wait_running(server, before);
             let statuses = server.progress.statuses.load(Ordering::SeqCst);
             let done = server.run(Plan {
-                jobs: 1000,
-                max_open: 1000,
                 hold: true,
-                sample_pid: None,
+                ..Plan::jobs(1000, 1000)
             });
             // The client sends at most 256 statuses without a Response: wait for them, then let it take in the
             // rest of the 1,000 jobs.
@@ -1287,6 +1599,7 @@ mod bench {
             }
             wait_connection_ended(server, ended);
         }
+        let _ = std::fs::remove_file(&config);
         let median_busy = Duration::from_secs_f64(median(&mut busy));
         report.add(
             "SIGINT to exit, 1,000 jobs in flight",
@@ -1296,6 +1609,250 @@ mod bench {
                 ms(Duration::from_secs_f64(busy[0])),
                 ms(Duration::from_secs_f64(busy[busy.len() - 1])),
                 if median_busy < Duration::from_millis(50) { "met" } else { "MISSED" }
+            ),
+        );
+    }
+
+    /// Waits until the server serves no connection (the client went away).
+    fn wait_disconnected(server: &LoadServer) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.progress.connected.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the connection did not end");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The client's final log line: `stopped (<reason>): N status update(s) delivered, M undelivered, ...`.
+    struct FinalLine {
+        reason: String,
+        delivered: u64,
+        undelivered: u64,
+    }
+
+    fn final_line(lines: &[String]) -> Option<FinalLine> {
+        let line = lines.iter().rev().find(|l| l.contains("stopped ("))?;
+        let rest = &line[line.find("stopped (")? + 9..];
+        let reason = rest[..rest.find("):")?].to_owned();
+        let number_before = |marker: &str| -> Option<u64> {
+            let head = &rest[..rest.find(marker)?];
+            head.rsplit(|c: char| !c.is_ascii_digit())
+                .find(|w| !w.is_empty())?
+                .parse()
+                .ok()
+        };
+        Some(FinalLine {
+            reason,
+            delivered: number_before(" status update(s) delivered")?,
+            undelivered: number_before(" undelivered")?,
+        })
+    }
+
+    /// The delay the client chose in a state-change line (`reconnecting in 0.8s`, `retrying in 2.0s`), and whether
+    /// the connection made progress.
+    fn chosen_delay(line: &str) -> Option<(Duration, bool)> {
+        let (at, marker) = ["reconnecting in ", "retrying in "]
+            .iter()
+            .find_map(|m| Some((line.find(m)?, *m)))?;
+        let rest = &line[at + marker.len()..];
+        let secs: f64 = rest[..rest.find('s')?].parse().ok()?;
+        Some((
+            Duration::from_secs_f64(secs),
+            line.contains("made progress"),
+        ))
+    }
+
+    /// SIGINT while the server keeps 1,000 jobs outstanding and sends a new one for every answer (`completed`, or
+    /// `rejected` / `busy`, at the bound or during the drain): the drain ends when the jobs accepted before the
+    /// signal end, whatever keeps arriving.
+    fn sigint_refill_runs(binary: &Path, server: &LoadServer, runs: usize, report: &mut Report) {
+        let mut took = Vec::new();
+        let mut codes = Vec::new();
+        let (mut graceful, mut whole, mut incomplete) = (0, 0, 0usize);
+        let mut notes = Vec::new();
+        for _ in 0..runs {
+            let before = server.heartbeats();
+            let (mut child, log) = spawn_with(Runner::Client, binary, &server.url, "20", &[], true);
+            wait_running(server, before);
+            let done = server.run(Plan {
+                report_at_end: true,
+                ..Plan::jobs(usize::MAX, 1000)
+            });
+            // Let the refilling get going: well over the first 1,000 jobs answered.
+            let statuses = server.progress.statuses.load(Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while server.progress.statuses.load(Ordering::SeqCst) < statuses + 5_000 {
+                assert!(Instant::now() < deadline, "the jobs did not flow");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (elapsed, code) = signal_and_wait(&mut child, libc::SIGINT);
+            took.push(elapsed.as_secs_f64());
+            codes.push(code);
+            wait_disconnected(server);
+            let stats = done
+                .blocking_recv()
+                .expect("the run reports when the client leaves");
+            let lines = log.map(ClientLog::lines).unwrap_or_default();
+            let last = final_line(&lines);
+            if last.as_ref().is_some_and(|l| l.reason == "graceful") {
+                graceful += 1;
+            }
+            // Every job the client accepted (it sent `received`) has its `completed`: all its statuses arrived,
+            // and the server answers each at once.
+            incomplete += stats.incomplete;
+            if stats.incomplete == 0 && stats.out_of_order == 0 {
+                whole += 1;
+            }
+            notes.push(format!(
+                "{} ms: {} pushed, {} completed, {} busy, {} unanswered{}",
+                (elapsed.as_secs_f64() * 1e3).round(),
+                stats.pushed,
+                stats.completed,
+                stats.rejected,
+                stats.unanswered,
+                last.map(|l| format!(
+                    ", client: {} delivered, {} undelivered",
+                    l.delivered, l.undelivered
+                ))
+                .unwrap_or_default()
+            ));
+        }
+        let median_took = Duration::from_secs_f64(median(&mut took));
+        report.add(
+            "SIGINT to exit, 1,000 jobs outstanding and refilled",
+            ms(median_took),
+            format!(
+                "median of {runs}; min {} max {}; exit codes {codes:?}; {graceful} of {runs} graceful; {whole} of \
+                 {runs} with every status of every accepted job stored ({incomplete} jobs incomplete); target < \
+                 50 ms: {}; runs: {}",
+                ms(Duration::from_secs_f64(took[0])),
+                ms(Duration::from_secs_f64(took[took.len() - 1])),
+                if median_took < Duration::from_millis(50) {
+                    "met"
+                } else {
+                    "MISSED"
+                },
+                notes.join("; ")
+            ),
+        );
+    }
+
+    /// `jobs` signed jobs pushed back to back without waiting for any answer: the client's peak RSS.
+    fn flood_run(
+        binary: &Path,
+        server: &LoadServer,
+        jobs: usize,
+        job_bytes: usize,
+        report: &mut Report,
+    ) {
+        let before = server.heartbeats();
+        let (mut child, log) = spawn_with(Runner::Client, binary, &server.url, "20", &[], true);
+        let pid = child.id();
+        wait_running(server, before);
+        std::thread::sleep(Duration::from_millis(100));
+        let hwm_idle = vm_kib(pid, "VmHWM");
+        let started = Instant::now();
+        let done = server.run(Plan::jobs(jobs, jobs));
+        // Every job written, then quiet: the jobs left unanswered never get a status.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while server.progress.jobs_flushed.load(Ordering::SeqCst) < jobs as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not push every job"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let written = started.elapsed();
+        let mut last = server.progress.statuses.load(Ordering::SeqCst);
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(1) {
+            assert!(Instant::now() < deadline, "the statuses never stopped");
+            std::thread::sleep(Duration::from_millis(20));
+            let now = server.progress.statuses.load(Ordering::SeqCst);
+            if now != last {
+                (last, quiet_since) = (now, Instant::now());
+            }
+        }
+        server.finish();
+        let stats = done.blocking_recv().expect("the run reports");
+        let hwm = vm_kib(pid, "VmHWM");
+        let rss = vm_kib(pid, "VmRSS");
+        let (_, code) = signal_and_wait(&mut child, libc::SIGINT);
+        wait_disconnected(server);
+        let lines = log.map(ClientLog::lines).unwrap_or_default();
+        let warnings = lines.iter().filter(|l| l.contains("not answered")).count();
+        report.add(
+            format!("client peak RSS, {jobs} jobs pushed back to back"),
+            mib(hwm),
+            format!(
+                "{job_bytes}-byte signed jobs, none waiting for an answer, all written in {:.1} s; before the push \
+                 {}, VmRSS after {}; server view: of {} pushed, {} accepted and completed, {} busy at the bound, {} \
+                 unanswered \
+                 (outbox full; {warnings} warning line(s)), {} out of order; exit code {code:?}; target < 16 MiB: \
+                 {}; separately, one frame may be as large as max_message_size (16 MiB)",
+                written.as_secs_f64(),
+                mib(hwm_idle),
+                mib(rss),
+                stats.pushed,
+                stats.completed,
+                stats.rejected,
+                stats.unanswered,
+                stats.out_of_order,
+                if hwm < 16 * 1024 { "met" } else { "MISSED" }
+            ),
+        );
+    }
+
+    /// The server drops the connection every 1-2 s (no close frame) while jobs flow (64 open at a time, a new
+    /// one for each answer): how long the client waits before it is back.
+    fn flap_run(binary: &Path, server: &LoadServer, secs: u64, report: &mut Report) {
+        let before = server.heartbeats();
+        let (mut child, log) = spawn_with(Runner::Client, binary, &server.url, "20", &[], true);
+        wait_running(server, before);
+        let done = server.run(Plan {
+            flap: Some((Duration::from_secs(1), Duration::from_secs(2))),
+            ..Plan::jobs(usize::MAX, 64)
+        });
+        std::thread::sleep(Duration::from_secs(secs));
+        server.finish();
+        let stats = done.blocking_recv().expect("the run reports");
+        let (_, code) = signal_and_wait(&mut child, libc::SIGINT);
+        wait_disconnected(server);
+        let lines = log.map(ClientLog::lines).unwrap_or_default();
+        let chosen: Vec<(Duration, bool)> = lines.iter().filter_map(|l| chosen_delay(l)).collect();
+        let after_progress: Vec<Duration> =
+            chosen.iter().filter(|(_, p)| *p).map(|(d, _)| *d).collect();
+        let longest_chosen = after_progress.iter().max().copied().unwrap_or_default();
+        let mut gaps = stats.gaps.clone();
+        gaps.sort();
+        let longest_gap = gaps.last().copied().unwrap_or_default();
+        report.add(
+            "flapping link: longest reconnect delay chosen after a productive connection",
+            format!("{:.1} s", longest_chosen.as_secs_f64()),
+            format!(
+                "client's log: {} reconnects after progress, {} without; delays chosen after progress: {}",
+                after_progress.len(),
+                chosen.len() - after_progress.len(),
+                after_progress
+                    .iter()
+                    .map(|d| format!("{:.1}", d.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        );
+        report.add(
+            "flapping link: longest time from a drop to the next authentication",
+            ms(longest_gap),
+            format!(
+                "server view, {} drops in {secs} s ({} of them of a connection without a status, not counted); \
+                 median {}; {} jobs completed, {} busy, {} statuses that arrived twice, {} out of order; client \
+                 exit code {code:?}",
+                stats.drops,
+                stats.unproductive_drops,
+                ms(gaps.get(gaps.len() / 2).copied().unwrap_or_default()),
+                stats.completed,
+                stats.rejected,
+                stats.duplicates,
+                stats.out_of_order
             ),
         );
     }
@@ -1415,15 +1972,7 @@ mod bench {
             .ok()?;
         wait_running(server, before);
         if jobs > 0 {
-            let stats = server
-                .run(Plan {
-                    jobs,
-                    max_open: 64,
-                    hold: false,
-                    sample_pid: None,
-                })
-                .blocking_recv()
-                .ok()?;
+            let stats = server.run(Plan::jobs(jobs, 64)).blocking_recv().ok()?;
             let _ = stats;
         }
         if runner == Runner::Client {

@@ -15,6 +15,14 @@
 //!
 //! Seeded: the seed is printed at the start; `CHAOS_SEED=<seed>` replays the same fault schedule. The long run is
 //! `cargo test --release --test chaos -- --ignored --nocapture`.
+//!
+//! Chaos by the clock: the same mix of faults (and more refused reconnects), one every one to two seconds of real
+//! time for a minute while jobs flow, against the program's default backoff and timeouts (1 s base, 60 s cap,
+//! 10 s stable period, 20 s heartbeat, 40 s peer timeout, 10 s connect timeout) rather than the shrunken ones of
+//! the runs above, which never let the backoff climb. It prints every reconnect delay the client chose and every
+//! recovery time. Nothing is lost and duplicates are only re-sends; the only bound asserted is the machine's own
+//! choice (after a productive connection the next delay is at most the base: read from its reason, not measured),
+//! plus a generous "it recovered at all". Wall-clock bounds on delays are the properties' job, on simulated time.
 #![cfg(feature = "runtime")]
 
 mod support;
@@ -28,13 +36,14 @@ use facilitator_client::protocol::testing;
 use facilitator_client::reference::{
     AuthOutcome, ConnectionId, FacilitatorConfig, JobPlan, Records, ReferenceFacilitator,
 };
-use facilitator_client::{Client, Metrics};
-use tokio::sync::mpsc;
+use facilitator_client::{Client, ClientConfig, Metrics};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use support::proxy::{ChaosPlan, Counters, Dir, Mode, Proxy, chaos_seed};
 use support::{
-    ECHO_STATUSES, RecordingEcho, StateLog, fast_client_config, hotkey, open_fds, vm_kib,
+    ECHO_STATUSES, RecordingEcho, StateHistory, StateLog, fast_client_config, hotkey, open_fds,
+    vm_kib,
 };
 
 /// Chaos runs measure the whole process (RSS, file descriptors): one at a time.
@@ -184,6 +193,290 @@ async fn a_link_dead_only_towards_the_facilitator_is_detected_by_the_unanswered_
     );
     proxy.shutdown().await;
     facilitator.shutdown().await;
+}
+
+/// Chaos by the clock: see the module's documentation. The whole test takes a little over the minute of faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_of_faults_every_one_to_two_seconds_with_the_default_backoff_loses_nothing() {
+    const CHAOS: Duration = Duration::from_secs(60);
+    /// Jobs open at once while the test submits them, and the pause between two submissions: a steady flow of
+    /// dozens of jobs a second (about fifty in the debug build), so that every connection has work in flight when
+    /// it is cut.
+    const OPEN: usize = 16;
+    const PACE: Duration = Duration::from_millis(8);
+    let _serial = SERIAL.lock().await;
+    let seed = chaos_seed();
+    let started = std::time::Instant::now();
+    let facilitator = ReferenceFacilitator::start(FacilitatorConfig {
+        uuid_seed: seed,
+        ..FacilitatorConfig::default()
+    })
+    .await
+    .expect("the reference facilitator starts");
+    let proxy = Proxy::start(facilitator.local_addr(), seed)
+        .await
+        .expect("the proxy starts");
+    // The usual mix, armed at the next frame after each tick; of every four new connections one is refused (closed
+    // at once) and one waits for a pause in accepting.
+    let mut plan = ChaosPlan::every_kind((0, 0));
+    plan.accept_round = 4;
+    proxy.set_mode(Mode::Clock {
+        every: (Duration::from_secs(1), Duration::from_secs(2)),
+        plan,
+    });
+
+    // The program's own defaults, nothing shrunk.
+    let mut config = ClientConfig::new(proxy.url());
+    config.trusted_signers = vec![facilitator.signer_ss58()];
+    let defaults = config.machine.clone();
+    let handler = RecordingEcho::default();
+    let client = Client::new(config, hotkey(), Arc::new(handler.clone())).expect("valid config");
+    let states = StateLog::start(client.subscribe());
+    let metrics = client.metrics();
+    let shutdown = client.shutdown_handle();
+    let run = tokio::spawn(client.run());
+
+    // The test plays the SDK user: it submits jobs at a steady pace for the minute of chaos (never more than OPEN
+    // unfinished), and submits again the jobs the network lost before the client could read them.
+    let guard = CHAOS + Duration::from_secs(120);
+    let (open_tx, mut open_rx) = watch::channel(0usize);
+    let mut lost_in_transit = LostInTransit::new(u64::MAX, handler.clone());
+    let (resubmit_tx, mut resubmit_rx) = mpsc::unbounded_channel::<String>();
+    let resubmitted = Arc::clone(&lost_in_transit.resubmitted);
+    // Never returns on its own (see `run`): it watches the records under the facilitator's lock.
+    let watcher = facilitator.wait_for(
+        |r| {
+            open_tx.send_replace(r.jobs.len() - r.finished_jobs());
+            lost_in_transit.check(r, &resubmit_tx);
+            false
+        },
+        guard,
+    );
+    let resubmitter = async {
+        let signer = testing::test_signer();
+        while let Some(uuid) = resubmit_rx.recv().await {
+            let mut job = testing::minimal_job(&uuid);
+            job.sign(&signer, testing::TEST_TIMESTAMP_NS);
+            let before = Instant::now();
+            facilitator.push_job_request(&job);
+            let after = Instant::now();
+            resubmitted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(uuid, Some((before, after)));
+        }
+    };
+    let submitter = async {
+        let mut submitted = 0usize;
+        while started.elapsed() < CHAOS {
+            // Bounded waits: the minute ends even when the client cannot take jobs.
+            let room = tokio::time::timeout(PACE * 10, open_rx.wait_for(|open| *open < OPEN));
+            if matches!(room.await, Ok(Ok(_))) {
+                facilitator.push_job();
+                submitted += 1;
+            }
+            tokio::time::sleep(PACE).await;
+        }
+        // Faults off; cut whatever is open (a stall may be in place), then every job must finish.
+        proxy.set_mode(Mode::Pass);
+        let authentications = metrics.snapshot().counters.authentications;
+        proxy.cut_all();
+        support::wait_until(
+            "the client to come back after the faults stopped (backoff cap + connect timeout)",
+            defaults.backoff.cap + defaults.connect_timeout + SLACK,
+            || metrics.snapshot().counters.authentications > authentications,
+        )
+        .await;
+        facilitator
+            .wait_for(|r| r.finished_jobs() == r.jobs.len(), guard)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: not every job finished: {e}"));
+        submitted
+    };
+    let submitted = tokio::select! {
+        biased;
+        submitted = submitter => submitted,
+        failed = watcher => panic!(
+            "seed {seed}: the run did not end: {}; client {:?}; proxy {:?}",
+            failed.map_or_else(|e| e.to_string(), |_| "?".into()),
+            metrics.snapshot(),
+            proxy.counters()
+        ),
+        () = resubmitter => unreachable!("the sender lives as long as the watcher"),
+    };
+
+    shutdown.shutdown();
+    let outcome = tokio::time::timeout(guard, run)
+        .await
+        .expect("the client stops")
+        .expect("the client does not panic")
+        .expect("valid config");
+    let history = states.finish();
+    let faults = proxy.counters();
+    let records = facilitator
+        .wait_for(|r| r.open_connections().count() == 0, guard)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: connections left open at the facilitator: {e}"));
+    let c = &outcome.metrics.counters;
+
+    // Nothing lost: every job, submitted again or not, has every status once, in order; each ran once.
+    let jobs = records.jobs.len();
+    assert!(jobs >= submitted, "seed {seed}");
+    for job in &records.jobs {
+        assert_eq!(
+            records.statuses_of(&job.uuid),
+            ECHO_STATUSES,
+            "seed {seed}: job {}",
+            job.uuid
+        );
+    }
+    assert_eq!(outcome.reason, StopReason::Graceful, "seed {seed}");
+    assert!(outcome.undelivered.is_empty(), "seed {seed}");
+    assert_eq!(c.statuses_delivered, 3 * jobs as u64, "seed {seed}: {c:?}");
+    assert_eq!(c.statuses_refused, 0, "seed {seed}: {c:?}");
+    assert_eq!(handler.dispatches(), jobs as u64, "seed {seed}");
+    assert_eq!(c.jobs_duplicate, 0, "seed {seed}");
+    // Duplicates are only re-sends.
+    let duplicates = records.duplicates().count();
+    assert!(
+        duplicates as u64 <= c.statuses_resent,
+        "seed {seed}: {duplicates} duplicates but only {} re-sends",
+        c.statuses_resent
+    );
+
+    // The faults came, of every kind.
+    assert!(faults.clock_ticks >= 30, "seed {seed}: {faults:?}");
+    for (kind, n) in [
+        ("cut up", faults.cuts_up),
+        ("cut down", faults.cuts_down),
+        ("stall up", faults.stalls_up),
+        ("stall down", faults.stalls_down),
+        ("delay", faults.delays),
+        ("throttle", faults.throttles),
+        ("refused at accept", faults.closed_at_accept),
+    ] {
+        assert!(n > 0, "seed {seed}: no {kind} fault hit: {faults:?}");
+    }
+
+    // What the client chose, and how long it was away.
+    let delays = reconnect_delays(&history);
+    let productive: Vec<&Reconnect> = delays.iter().filter(|d| d.productive).collect();
+    assert!(
+        !delays.is_empty() && delays.iter().all(|d| d.delay.is_some()),
+        "seed {seed}: every move to Disconnected names the delay it chose: {delays:?}"
+    );
+    assert!(
+        productive.len() >= 5,
+        "seed {seed}: only {} productive connections were cut",
+        productive.len()
+    );
+    let longest_after_progress = productive
+        .iter()
+        .filter_map(|d| d.delay)
+        .fold(Duration::ZERO, Duration::max);
+    // The machine's own choice, read from its reason (not a measured time): at most the base after progress.
+    assert!(
+        longest_after_progress <= defaults.backoff.base,
+        "seed {seed}: after a productive connection the client chose {longest_after_progress:?}"
+    );
+    let outages = history.outages();
+    let recovered_by = defaults.backoff.cap + defaults.connect_timeout + SLACK;
+    for outage in &outages {
+        assert!(
+            outage.duration <= recovered_by,
+            "seed {seed}: out of Running for {:?}",
+            outage.duration
+        );
+    }
+
+    println!(
+        "chaos by the clock (seed {seed}) in {:.1?}: {jobs} jobs ({} submitted again), {} ticks ({} idle, {} \
+         half-open connections cut), faults {faults:?}",
+        started.elapsed(),
+        lost_in_transit.count(),
+        faults.clock_ticks,
+        faults.clock_ticks_idle,
+        faults.stalls_cut,
+    );
+    println!(
+        "  client: {} connections authenticated, {} reconnects, {} auth failures, {} statuses re-sent, {duplicates} \
+         duplicates",
+        c.authentications, c.reconnects, c.auth_failures, c.statuses_resent
+    );
+    println!("  every move to Disconnected (time since start, from, delay chosen, productive):");
+    for d in &delays {
+        println!(
+            "    {:>6.2}s {:>12} -> {} {}",
+            (d.at - history.changes[0].at).as_secs_f64(),
+            d.from.to_string(),
+            d.delay
+                .map_or_else(|| "?".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
+            if d.productive { "after progress" } else { "" }
+        );
+    }
+    println!(
+        "  every recovery (left Running at, back in Running after, failed attempts in between):"
+    );
+    for o in &outages {
+        println!(
+            "    {:>6.2}s  {:>7.3}s  {}",
+            (o.left - history.changes[0].at).as_secs_f64(),
+            o.duration.as_secs_f64(),
+            o.failed_attempts
+        );
+    }
+    let longest_recovery = outages.iter().map(|o| o.duration).max().unwrap_or_default();
+    println!(
+        "  longest delay chosen after a productive connection {longest_after_progress:?} (base {:?}); longest delay \
+         chosen {:?}; longest recovery {longest_recovery:?} over {} outages",
+        defaults.backoff.base,
+        delays
+            .iter()
+            .filter_map(|d| d.delay)
+            .max()
+            .unwrap_or_default(),
+        outages.len()
+    );
+    proxy.shutdown().await;
+    facilitator.shutdown().await;
+}
+
+/// A move to Disconnected, as the client's events describe it.
+#[derive(Debug)]
+struct Reconnect {
+    at: std::time::Instant,
+    from: StateKind,
+    /// The delay the machine chose, from its reason.
+    delay: Option<Duration>,
+    /// The connection made progress (the reason says the backoff is back at its first step).
+    productive: bool,
+}
+
+/// Every move to Disconnected with the delay the machine chose, as its reason states it: after a lost connection
+/// (with whether it made progress) or after a failed attempt.
+fn reconnect_delays(history: &StateHistory) -> Vec<Reconnect> {
+    history
+        .changes
+        .iter()
+        .filter(|c| c.to == StateKind::Disconnected)
+        .map(|c| {
+            let (delay, productive) = match &c.reason {
+                Reason::ConnectionLost {
+                    retry_in,
+                    backoff_reset,
+                    ..
+                } => (Some(*retry_in), *backoff_reset),
+                Reason::ConnectFailed { retry_in, .. } => (Some(*retry_in), false),
+                _ => (None, false),
+            };
+            Reconnect {
+                at: c.at,
+                from: c.from,
+                delay,
+                productive,
+            }
+        })
+        .collect()
 }
 
 const GUARD: Duration = Duration::from_secs(60);

@@ -121,6 +121,7 @@ fn help_explains_every_run_flag_and_exits_zero() {
         "--trusted-signer",
         "--heartbeat-interval",
         "--drain-timeout",
+        "--max-running-jobs",
         "--wallet-path",
         "--wallet-name",
         "--hotkey-name",
@@ -199,6 +200,13 @@ fn usage_and_configuration_errors_exit_2_with_one_clear_line() {
         &[("FACILITATOR_HOTKEY_SEED", SEED)],
         "--drain-timeout",
     );
+    for bad in ["0", "-1", "1.5", "abc", ""] {
+        usage_error(
+            &[&url[..], &["--max-running-jobs", bad]].concat(),
+            &[("FACILITATOR_HOTKEY_SEED", SEED)],
+            "--max-running-jobs must be a whole number",
+        );
+    }
     usage_error(
         &[&url[..], &["--handler", "bogus"]].concat(),
         &[("FACILITATOR_HOTKEY_SEED", SEED)],
@@ -256,6 +264,27 @@ fn a_config_file_sets_what_flags_can_and_flags_win() {
         &[("FACILITATOR_HOTKEY_SEED", SEED)],
         "heartbeat",
     );
+    // A wrong type names the file (the TOML library's message does not name the key).
+    for (text, expected) in [
+        (
+            "max_running_jobs = 0\n",
+            "max_running_jobs must be at least 1",
+        ),
+        ("max_running_jobs = -1\n", "bounded.toml is not valid"),
+        ("max_running_jobs = 2.5\n", "bounded.toml is not valid"),
+    ] {
+        let bounded = dir.path().join("bounded.toml");
+        std::fs::write(
+            &bounded,
+            format!("url = \"ws://127.0.0.1:9/ws/v0/\"\n{text}"),
+        )
+        .unwrap();
+        usage_error(
+            &["run", "--config", bounded.to_str().unwrap()],
+            &[("FACILITATOR_HOTKEY_SEED", SEED)],
+            expected,
+        );
+    }
 }
 
 fn job_script(dir: &std::path::Path) -> PathBuf {

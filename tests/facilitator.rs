@@ -563,6 +563,68 @@ async fn max_open_holds_new_jobs_until_one_finishes() {
 }
 
 #[tokio::test]
+async fn a_plan_that_refills_at_once_replaces_each_answered_job_right_behind_its_response() {
+    let facilitator = start(FacilitatorConfig {
+        jobs: JobPlan::count(3).max_open(2).refill_at_once(),
+        ..FacilitatorConfig::default()
+    })
+    .await;
+    let mut ws = connect_and_authenticate(&facilitator).await;
+    let first = recv_job(&mut ws).await;
+    let second = recv_job(&mut ws).await;
+    send_message(&mut ws, &status(first.uuid(), JobStatus::Received)).await;
+    assert!(recv_response(&mut ws).await.is_success());
+    // Not terminal: no replacement. Terminal: the replacement is the very next frame.
+    send_message(&mut ws, &status(first.uuid(), JobStatus::Rejected)).await;
+    assert!(recv_response(&mut ws).await.is_success());
+    let third = recv_job(&mut ws).await;
+    let records = facilitator.snapshot();
+    let uuids: Vec<&str> = records.jobs.iter().map(|j| j.uuid.as_str()).collect();
+    assert_eq!(
+        uuids,
+        [first.uuid(), second.uuid(), third.uuid()],
+        "in sequence"
+    );
+    // The plan's three jobs are out: answering the others brings no fourth.
+    send_message(&mut ws, &status(second.uuid(), JobStatus::Rejected)).await;
+    send_message(&mut ws, &status(third.uuid(), JobStatus::Rejected)).await;
+    assert!(recv_response(&mut ws).await.is_success());
+    assert!(recv_response(&mut ws).await.is_success());
+    let quiet = tokio::time::timeout(Duration::from_millis(200), next_frame(&mut ws)).await;
+    assert!(quiet.is_err(), "a job beyond the plan: {quiet:?}");
+    assert_eq!(facilitator.snapshot().jobs.len(), 3);
+}
+
+#[tokio::test]
+async fn with_signing_off_a_refilling_plan_makes_unsigned_jobs_at_once() {
+    let facilitator = start(FacilitatorConfig {
+        jobs: JobPlan::unlimited().max_open(1).refill_at_once(),
+        ..FacilitatorConfig::default()
+    })
+    .await;
+    let mut ws = connect_and_authenticate(&facilitator).await;
+    let mut job = recv_job(&mut ws).await;
+    assert!(job.signature().is_some());
+    facilitator.set_job_signing(false);
+    // The stock (one job, and one being signed) goes first; then every replacement is unsigned.
+    let mut signed_after = 0;
+    for _ in 0..6 {
+        send_message(&mut ws, &status(job.uuid(), JobStatus::Rejected)).await;
+        assert!(recv_response(&mut ws).await.is_success());
+        job = recv_job(&mut ws).await;
+        if job.signature().is_some() {
+            signed_after += 1;
+        }
+    }
+    assert!(job.signature().is_none(), "unsigned jobs are made");
+    assert!(
+        signed_after <= 2,
+        "{signed_after} signed jobs after signing was turned off"
+    );
+    assert_eq!(facilitator.snapshot().jobs.len(), 7, "one open at a time");
+}
+
+#[tokio::test]
 async fn cheat_reports_raw_text_and_binary_frames_are_pushed() {
     let facilitator = start_default().await;
     let mut ws = connect_and_authenticate(&facilitator).await;
@@ -748,6 +810,56 @@ async fn stall_fault_stops_answering_but_keeps_the_socket_open() {
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn held_responses_wait_for_the_release_while_jobs_and_pongs_still_flow() {
+    let facilitator = start_default().await;
+    let mut ws = connect_and_authenticate(&facilitator).await;
+    facilitator.hold_responses();
+    let uuid = facilitator.push_job();
+    assert_eq!(recv_job(&mut ws).await.uuid(), uuid, "pushes keep flowing");
+    send_message(&mut ws, &status(&uuid, JobStatus::Received)).await;
+    send_message(&mut ws, &status(&uuid, JobStatus::Received)).await;
+    ws.send(Message::Ping(vec![7].into())).await.unwrap();
+    // The Ping is answered; the two Responses are not (a bounded wait for frames that must not come).
+    let mut pong = false;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(_))) => pong = true,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "a held Response was written: {quiet:?}");
+    assert!(pong, "Pings are still answered");
+    let records = facilitator
+        .wait_for(|r| r.status_updates.len() == 2, GUARD)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        records.statuses_of(&uuid),
+        [JobStatus::Received],
+        "stored at once"
+    );
+    assert_eq!(
+        records.responses.len(),
+        1,
+        "only the auth Response was written"
+    );
+
+    facilitator.release_responses();
+    assert!(recv_response(&mut ws).await.is_success());
+    assert_eq!(
+        error_type(&recv_response(&mut ws).await),
+        "job.integrity_error",
+        "held Responses are written in order"
+    );
+    // And the connection answers at once again.
+    send_message(&mut ws, &status(&uuid, JobStatus::Accepted)).await;
+    assert!(recv_response(&mut ws).await.is_success());
 }
 
 #[tokio::test]

@@ -69,6 +69,11 @@ pub struct JobPlan {
     /// `None` for no bound. An unlimited plan without a bound and without an interval makes jobs (and records)
     /// without end: give it one or the other.
     pub max_open: Option<usize>,
+    /// With `max_open`: replace each job the moment its terminal status is stored, in the same turn as the
+    /// Response, with a job signed ahead of time (the facilitator keeps `max_open` of them ready), as an SDK user
+    /// whose queue never runs dry would. Without it a replacement is signed, then pushed, a moment later, and a
+    /// client that answers faster than jobs are signed sees the flow pause. `interval` is not used.
+    pub refill_at_once: bool,
 }
 
 impl Default for JobPlan {
@@ -77,6 +82,7 @@ impl Default for JobPlan {
             total: Some(0),
             interval: Duration::ZERO,
             max_open: None,
+            refill_at_once: false,
         }
     }
 }
@@ -112,6 +118,21 @@ impl JobPlan {
     pub fn max_open(self, max_open: usize) -> JobPlan {
         JobPlan {
             max_open: Some(max_open),
+            ..self
+        }
+    }
+
+    /// The same plan, keeping `max_open` jobs open by replacing each finished one at once (see the field of the
+    /// same name).
+    ///
+    /// ```
+    /// use facilitator_client::reference::JobPlan;
+    /// let plan = JobPlan::unlimited().max_open(1_000).refill_at_once();
+    /// assert!(plan.refill_at_once);
+    /// ```
+    pub fn refill_at_once(self) -> JobPlan {
+        JobPlan {
+            refill_at_once: true,
             ..self
         }
     }

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::records::{ConnectionEnd, ConnectionId};
 use super::state::{After, Command, ConnectionFaults, Decision, Outgoing, Shared};
+use crate::protocol::Response;
 
 /// The only route (docs/PROTOCOL.md 1).
 pub(crate) const PATH: &str = "/ws/v0/";
@@ -147,6 +148,7 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
         kill,
         faults,
         messages: 0,
+        held: None,
     };
     let end = connection.serve().await;
     connection
@@ -164,6 +166,8 @@ struct Connection {
     faults: ConnectionFaults,
     /// Text and binary frames handled so far.
     messages: u64,
+    /// While Responses are held ([`Command::HoldResponses`]): the ones not written yet, in order.
+    held: Option<Vec<Response>>,
 }
 
 /// A fault that hits now.
@@ -225,6 +229,18 @@ impl Connection {
             Some(Command::Send(outgoing)) => self.push(outgoing).await.err(),
             Some(Command::Close(code)) => Some(self.close(code).await),
             Some(Command::Stall) => Some(self.stall().await),
+            Some(Command::HoldResponses(true)) => {
+                self.held.get_or_insert_with(Vec::new);
+                None
+            }
+            Some(Command::HoldResponses(false)) => {
+                for response in self.held.take().unwrap_or_default() {
+                    if let Err(end) = self.answer(response).await {
+                        return Some(end);
+                    }
+                }
+                None
+            }
             Some(Command::Shutdown) | None => {
                 self.close(SHUTDOWN_CLOSE_CODE).await;
                 Some(ConnectionEnd::Shutdown)
@@ -273,13 +289,14 @@ impl Connection {
 
     async fn carry_out(&mut self, decision: Decision) -> Option<ConnectionEnd> {
         if let Some(response) = decision.reply {
-            let text = response.to_json();
-            if let Err(end) = self.write(Message::text(text)).await {
-                return Some(end);
+            match &mut self.held {
+                Some(held) => held.push(response),
+                None => {
+                    if let Err(end) = self.answer(response).await {
+                        return Some(end);
+                    }
+                }
             }
-            let id = self.id;
-            self.shared
-                .update(|s| s.record_response(id, response, Instant::now()));
         }
         for outgoing in decision.then {
             if let Err(end) = self.push(outgoing).await {
@@ -298,6 +315,15 @@ impl Connection {
                 Some(ConnectionEnd::Crashed(reason))
             }
         }
+    }
+
+    /// Writes a Response and records it.
+    async fn answer(&mut self, response: Response) -> Result<(), ConnectionEnd> {
+        self.write(Message::text(response.to_json())).await?;
+        let id = self.id;
+        self.shared
+            .update(|s| s.record_response(id, response, Instant::now()));
+        Ok(())
     }
 
     async fn push(&mut self, outgoing: Outgoing) -> Result<(), ConnectionEnd> {

@@ -28,7 +28,8 @@
 //!   `value_error` instead of accepted; exotic UUID spellings Python's `int(x, 16)` takes are treated as invalid.
 //!
 //! Faults ([`Faults`]) make it misbehave on demand: drop the TCP connection, stall (half-open), close with any
-//! code, or reject authentication. Everything it sees and does is recorded ([`Records`]); tests await conditions
+//! code, or reject authentication; [`ReferenceFacilitator::hold_responses`] makes it slow to answer while it keeps
+//! pushing jobs. Everything it sees and does is recorded ([`Records`]); tests await conditions
 //! on the records with [`ReferenceFacilitator::wait_for`] instead of sleeping.
 
 mod config;
@@ -244,6 +245,17 @@ impl ReferenceFacilitator {
         self.shared.update(|s| s.set_faults(faults));
     }
 
+    /// Whether the jobs it makes from now on are signed (default: yes). Unsigned jobs cost nothing to make, so a
+    /// plan that refills at once keeps refilling at the pace of the answers even after its stock of signed jobs
+    /// is used up; a client that checks signatures answers them `rejected` / `invalid_signature`, and one that is
+    /// draining answers them `busy` before any check.
+    pub fn set_job_signing(&self, signing: bool) {
+        self.shared.update(|s| {
+            s.set_signing(signing);
+            s.refill(tokio::time::Instant::now());
+        });
+    }
+
     /// Drops every connection now, without a close frame (the client sees an abnormal closure).
     pub fn drop_all_connections(&self) {
         self.shared.update(|s| s.kill_all());
@@ -258,6 +270,22 @@ impl ReferenceFacilitator {
     /// Stalls every connection: no more reading or writing, the socket stays open.
     pub fn stall_all_connections(&self) {
         self.shared.update(|s| s.command_all(|| Command::Stall));
+    }
+
+    /// Holds the Responses of every open connection: each keeps reading the client's messages (and storing its
+    /// statuses), answering its Pings and pushing jobs, but writes no Response until
+    /// [`ReferenceFacilitator::release_responses`], as a facilitator whose database is slow would. The held
+    /// Responses are recorded when written; a connection that ends first never writes them. Connections opened
+    /// later answer at once.
+    pub fn hold_responses(&self) {
+        self.shared
+            .update(|s| s.command_all(|| Command::HoldResponses(true)));
+    }
+
+    /// Writes every held Response, in order, and answers at once again.
+    pub fn release_responses(&self) {
+        self.shared
+            .update(|s| s.command_all(|| Command::HoldResponses(false)));
     }
 
     /// Stops: no more jobs, the listener closes, every connection gets a close frame (1012) and a bounded wait for
@@ -318,8 +346,28 @@ pub async fn serve(config: FacilitatorConfig) -> io::Result<()> {
 }
 
 /// Makes the jobs of `plan`: one at a time, waiting while `max_open` jobs are open, pausing `interval` after each.
+/// A plan that refills at once is signed ahead into a stock instead, which the state pushes from.
 async fn generate_jobs(shared: Arc<Shared>, plan: JobPlan) {
     let mut changes = shared.subscribe();
+    if plan.refill_at_once && plan.max_open.is_some() {
+        loop {
+            changes.borrow_and_update();
+            match shared.read(|s| s.stock_wanted()) {
+                None => break,
+                Some(true) => {
+                    shared.stock_job();
+                    tokio::task::yield_now().await;
+                }
+                Some(false) => {
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        log::info!("every planned job is signed");
+        return;
+    }
     let mut created = 0u64;
     while plan.total.is_none_or(|total| created < total) {
         if let Some(max_open) = plan.max_open {

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::config::{AfterMessages, AuthRejection, FacilitatorConfig, Faults, Times, Validators};
+use super::config::{
+    AfterMessages, AuthRejection, FacilitatorConfig, Faults, JobPlan, Times, Validators,
+};
 use super::parse_errors;
 use super::records::{
     AuthOutcome, AuthRecord, ClientFrame, ConnectionEnd, ConnectionId, ConnectionRecord,
@@ -79,12 +81,34 @@ impl Shared {
     /// Creates a minimal job signed by the signer, with the next UUID of the sequence, and pushes it (or queues
     /// it while no validator is authenticated). Returns its UUID.
     pub(crate) fn create_job(&self) -> String {
-        let uuid = self.update(State::next_job_uuid);
-        let mut fields = testing::minimal_job(&uuid);
-        // Signing takes a while; done outside the lock.
-        fields.sign(&self.signer, now_ns());
+        let (uuid, fields) = self.sign_next_job();
         self.push_job_request(&fields);
         uuid
+    }
+
+    /// Signs the next job of the sequence without pushing it (unless signing is off, see
+    /// [`State::set_signing`]).
+    fn sign_next_job(&self) -> (String, JobRequestFields) {
+        let (uuid, sign) = self.update(|s| (s.next_job_uuid(), s.signing));
+        let mut fields = testing::minimal_job(&uuid);
+        if sign {
+            // Signing takes a while; done outside the lock.
+            fields.sign(&self.signer, now_ns());
+        }
+        (uuid, fields)
+    }
+
+    /// Signs the next job and puts it in the stock of a plan that refills at once (the stock pushes it when a job
+    /// is to be replaced, see [`State::refill`]).
+    pub(crate) fn stock_job(&self) {
+        let (uuid, fields) = self.sign_next_job();
+        let text = fields.to_wire_text();
+        self.update(|s| {
+            if let Some(refill) = &mut s.refill {
+                refill.stock.push_back((uuid, text));
+            }
+            s.refill(Instant::now());
+        });
     }
 
     /// Pushes a job request as given (signed or not), registering its UUID as a known job.
@@ -133,6 +157,9 @@ pub(crate) enum Command {
     Close(u16),
     /// Stop reading and writing, keep the socket.
     Stall,
+    /// `true`: keep writing pushed frames but hold every Response, in order; `false`: write the held Responses, in
+    /// order, and answer at once again.
+    HoldResponses(bool),
     /// The facilitator is shutting down: close with 1001 (a stalled connection just drops).
     Shutdown,
 }
@@ -260,6 +287,15 @@ fn take(times: Times, used: &mut u32) -> bool {
     }
 }
 
+/// The jobs of a plan that refills at once, signed ahead of time.
+struct Refill {
+    max_open: usize,
+    /// Jobs of the plan not pushed yet (`None`: no end).
+    remaining: Option<u64>,
+    /// Signed and waiting to be pushed: `(uuid, wire text)`, in the order of the UUID sequence.
+    stock: VecDeque<(String, String)>,
+}
+
 /// Everything mutable.
 pub(crate) struct State {
     pub records: Records,
@@ -269,6 +305,10 @@ pub(crate) struct State {
     live: HashMap<ConnectionId, Live>,
     jobs: HashMap<u128, JobEntry>,
     open_jobs: usize,
+    /// A plan that refills at once: its jobs signed ahead of time.
+    refill: Option<Refill>,
+    /// Whether the jobs made from now on are signed.
+    signing: bool,
     /// Frames created while no validator was authenticated, pushed after the next successful auth.
     pending: VecDeque<Outgoing>,
     uuid_seed: u64,
@@ -287,6 +327,20 @@ impl State {
             live: HashMap::new(),
             jobs: HashMap::new(),
             open_jobs: 0,
+            signing: true,
+            refill: match config.jobs {
+                JobPlan {
+                    max_open: Some(max_open),
+                    refill_at_once: true,
+                    total,
+                    ..
+                } => Some(Refill {
+                    max_open,
+                    remaining: total,
+                    stock: VecDeque::new(),
+                }),
+                _ => None,
+            },
             pending: VecDeque::new(),
             uuid_seed: config.uuid_seed,
             next_uuid: 0,
@@ -296,6 +350,50 @@ impl State {
     /// Jobs created whose terminal status has not been stored yet.
     pub(super) fn open_jobs(&self) -> usize {
         self.open_jobs
+    }
+
+    /// For a plan that refills at once: whether another job should be signed into the stock; `None` once every
+    /// job of the plan is signed.
+    pub(super) fn stock_wanted(&self) -> Option<bool> {
+        let refill = self.refill.as_ref()?;
+        let stocked = refill.stock.len() as u64;
+        if refill.remaining.is_some_and(|left| stocked >= left) {
+            return None;
+        }
+        Some(refill.stock.len() < refill.max_open)
+    }
+
+    /// Whether the jobs made from now on are signed. Unsigned jobs cost nothing to make: a plan that refills at
+    /// once then never waits for a signature, even with its stock used up.
+    pub(super) fn set_signing(&mut self, signing: bool) {
+        self.signing = signing;
+    }
+
+    /// Pushes jobs from the stock while fewer than `max_open` are open: at the start, and the moment a job's
+    /// terminal status is stored, so the replacement goes out right behind that status's Response. With signing
+    /// off and the stock used up, the replacement is made unsigned, at once.
+    pub(crate) fn refill(&mut self, now: Instant) {
+        loop {
+            let Some(refill) = self.refill.as_mut() else {
+                return;
+            };
+            if self.open_jobs >= refill.max_open || refill.remaining == Some(0) {
+                return;
+            }
+            let (uuid, text) = match refill.stock.pop_front() {
+                Some(job) => job,
+                None if !self.signing => {
+                    let uuid = self.next_job_uuid();
+                    let text = testing::minimal_job(&uuid).to_wire_text();
+                    (uuid, text)
+                }
+                None => return,
+            };
+            if let Some(left) = self.refill.as_mut().and_then(|r| r.remaining.as_mut()) {
+                *left -= 1;
+            }
+            self.add_job(&uuid, text, now);
+        }
     }
 
     pub(super) fn faults(&self) -> &Faults {
@@ -659,7 +757,8 @@ impl State {
         metadata: Value,
         now: Instant,
     ) -> Decision {
-        let (outcome, decision) = self.status_outcome(authenticated, update, metadata.is_null());
+        let (outcome, decision) =
+            self.status_outcome(authenticated, update, metadata.is_null(), now);
         match outcome {
             StatusOutcome::Stored | StatusOutcome::StoredThenCrashed => log::info!(
                 "job {}: status {} stored (connection {id})",
@@ -688,6 +787,7 @@ impl State {
         authenticated: bool,
         update: &JobStatusUpdate,
         metadata_is_null: bool,
+        now: Instant,
     ) -> (StatusOutcome, Decision) {
         if !authenticated {
             return (
@@ -726,6 +826,7 @@ impl State {
         }
         if self.records.add_status(entry.record, update.status) {
             self.open_jobs = self.open_jobs.saturating_sub(1);
+            self.refill(now);
         }
         if metadata_is_null
             && matches!(

@@ -9,6 +9,10 @@
 //! past a frame boundary, usually inside the next frame. The same seed gives the same sequence of faults (kinds,
 //! frame counts, offsets, durations); where they land in time depends on the run.
 //!
+//! By the clock ([`Mode::Clock`]) the faults come every so many seconds of real time instead, whatever the
+//! traffic: each tick arms the next fault of the mix on the open connection, to hit a few bytes into its next frame,
+//! and a tick that finds a half-open (stalled) connection cuts it, as a network that noticed the dead path would.
+//!
 //! It never decides anything about the protocol and never parses payloads; a fault only ever moves, delays, drops
 //! or cuts bytes.
 
@@ -197,8 +201,18 @@ impl ChaosPlan {
 pub enum Mode {
     /// Forward everything.
     Pass,
-    /// Inject faults on this plan.
+    /// Inject faults on this plan, counted in frames.
     Chaos(ChaosPlan),
+    /// Inject the plan's faults by the clock: one every `every` (uniform, inclusive) of real time. Each tick draws
+    /// the next fault of the mix and arms it on every open connection, to hit the plan's `bytes_past_boundary`
+    /// into a frame once `frames_between_faults` more frames (0: the next one) have passed in its direction; a tick
+    /// that finds a connection half-open (stalled) cuts it instead. New connections meet the plan's accept fates.
+    Clock {
+        /// The pause between two ticks.
+        every: (Duration, Duration),
+        /// What the ticks inject.
+        plan: ChaosPlan,
+    },
 }
 
 /// Faults injected so far.
@@ -228,6 +242,12 @@ pub struct Counters {
     pub cut_on_request: u64,
     /// Frames injected ([`Proxy::inject`], [`Proxy::inject_on_next_connection`]).
     pub injected_frames: u64,
+    /// Ticks of [`Mode::Clock`].
+    pub clock_ticks: u64,
+    /// Ticks that found no open connection (the client was reconnecting): nothing drawn.
+    pub clock_ticks_idle: u64,
+    /// Half-open (stalled) connections cut by the next tick.
+    pub stalls_cut: u64,
 }
 
 impl Counters {
@@ -255,6 +275,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    clock: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -265,6 +286,7 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             upstream,
+            mode_changed: Notify::new(),
             state: Mutex::new(ProxyState {
                 mode: Mode::Pass,
                 schedule: Schedule::new(seed),
@@ -276,11 +298,13 @@ impl Proxy {
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(Arc::clone(&shared), listener, stop_rx));
+        let clock = tokio::spawn(clock_loop(Arc::clone(&shared), stop.subscribe()));
         Ok(Proxy {
             addr,
             shared,
             stop,
             task: Some(task),
+            clock: Some(clock),
         })
     }
 
@@ -303,6 +327,8 @@ impl Proxy {
             c.slow = [None, None];
             c.planned = self.shared.lock().draw_fault(&c);
         }
+        // A stored permit: the clock sees the change even if it is not waiting right now.
+        self.shared.mode_changed.notify_one();
     }
 
     /// Counters of the faults injected so far.
@@ -364,7 +390,7 @@ impl Proxy {
     /// Stops accepting, cuts every connection and waits for the tasks to end.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.clock.take()].into_iter().flatten() {
             let _ = task.await;
         }
     }
@@ -372,7 +398,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.clock.take()].into_iter().flatten() {
             task.abort();
         }
     }
@@ -400,6 +426,8 @@ pub fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 struct Shared {
     upstream: SocketAddr,
+    /// Told when the mode changes (the clock's pace may have changed).
+    mode_changed: Notify,
     state: Mutex<ProxyState>,
 }
 
@@ -422,7 +450,7 @@ struct ProxyState {
 impl ProxyState {
     fn accept_fate(&mut self) -> AcceptFate {
         self.counters.accepted += 1;
-        let Mode::Chaos(plan) = &self.mode else {
+        let (Mode::Chaos(plan) | Mode::Clock { plan, .. }) = &self.mode else {
             return AcceptFate::Serve;
         };
         let fate = self.schedule.accept_fate(plan);
@@ -434,7 +462,23 @@ impl ProxyState {
         fate
     }
 
-    /// The next fault for a connection in this state, if the mode has any.
+    /// How long until the next tick, if the mode has a clock.
+    fn next_tick(&mut self) -> Option<Duration> {
+        let Mode::Clock { every, .. } = &self.mode else {
+            return None;
+        };
+        Some(self.schedule.faults.duration(*every))
+    }
+
+    /// The next fault of a tick, armed relative to frame 0 (each connection adds its own frame count).
+    fn draw_clock_fault(&mut self) -> Option<Planned> {
+        let Mode::Clock { plan, .. } = &self.mode else {
+            return None;
+        };
+        Some(self.schedule.next_fault(plan, &ConnectionState::default()))
+    }
+
+    /// The next fault for a connection in this state, if the mode has any (by the clock: none of its own).
     fn draw_fault(&mut self, connection: &ConnectionState) -> Option<Planned> {
         let Mode::Chaos(plan) = &self.mode else {
             return None;
@@ -600,6 +644,69 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, mut stop: watch
         connection.kill.send_replace(true);
     }
     while tasks.join_next().await.is_some() {}
+}
+
+// ---- the clock -------------------------------------------------------------------------------------------------
+
+/// Ticks while the mode is [`Mode::Clock`]; sleeps on mode changes otherwise.
+async fn clock_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let tick = shared.lock().next_tick();
+        let wait = async {
+            match tick {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = switched_on(&mut stop) => return,
+            // The pace changed, or the clock stopped: draw again.
+            () = shared.mode_changed.notified() => continue,
+            () = wait => clock_tick(&shared),
+        }
+    }
+}
+
+/// One tick: cut the half-open connections, or arm the next fault of the mix on the open ones.
+fn clock_tick(shared: &Shared) {
+    let connections: Vec<Arc<Connection>> = {
+        let mut state = shared.lock();
+        state.counters.clock_ticks += 1;
+        state.connections.values().cloned().collect()
+    };
+    // Lock order everywhere: a connection, then the proxy.
+    let mut healthy = Vec::new();
+    for connection in &connections {
+        let c = connection.lock();
+        if c.cut {
+            continue;
+        }
+        if c.stalled.iter().any(|s| *s) {
+            // A half-open link stays dead until something notices; with the default peer timeout (40 s) the
+            // client would, but a network that flaps every second or two cuts it first.
+            shared.lock().counters.stalls_cut += 1;
+            connection.kill.send_replace(true);
+        } else {
+            healthy.push(Arc::clone(connection));
+        }
+    }
+    if connections.is_empty() {
+        shared.lock().counters.clock_ticks_idle += 1;
+        return;
+    }
+    if healthy.is_empty() {
+        return;
+    }
+    let Some(planned) = shared.lock().draw_clock_fault() else {
+        return;
+    };
+    for connection in healthy {
+        let mut c = connection.lock();
+        let mut p = planned;
+        p.at_frame += c.frames[p.dir.index()];
+        c.planned = Some(p);
+    }
 }
 
 async fn serve(shared: Arc<Shared>, client: TcpStream) {
