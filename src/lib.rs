@@ -9,6 +9,8 @@ pub mod facilitator;
 #[cfg(feature = "runtime")]
 pub mod handler;
 pub mod machine;
+#[cfg(feature = "ops")]
+pub mod ops;
 pub mod protocol;
 #[cfg(feature = "runtime")]
 pub mod runtime;
