@@ -56,6 +56,11 @@ impl fmt::Display for LogFormat {
 /// Installs the global logger on stderr: `RUST_LOG` if set, else `default_level`; in `format`. A logger already
 /// installed (tests) is left as it is.
 pub fn init(format: LogFormat, default_level: &str) {
+    let _ = builder(format, default_level).try_init();
+}
+
+/// The logger [`init`] installs, still to be built (tests point its target elsewhere).
+pub fn builder(format: LogFormat, default_level: &str) -> env_logger::Builder {
     let env = env_logger::Env::default().default_filter_or(default_level);
     let mut builder = env_logger::Builder::from_env(env);
     match format {
@@ -69,7 +74,7 @@ pub fn init(format: LogFormat, default_level: &str) {
             });
         }
     }
-    let _ = builder.try_init();
+    builder
 }
 
 /// One log record as a JSON object: `ts`, `level`, `target`, `msg`, then the record's key-values in order
