@@ -11,8 +11,8 @@ use facilitator_client::ops::{HttpLimits, HttpServer, Response, Routes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
+fn open_fds() -> libc::rlim_t {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as libc::rlim_t)
 }
 
 fn nofile() -> libc::rlimit {
@@ -26,9 +26,9 @@ fn nofile() -> libc::rlimit {
     limit
 }
 
-fn set_soft_nofile(soft: u64) {
+fn set_soft_nofile(soft: libc::rlim_t) {
     let mut limit = nofile();
-    limit.rlim_cur = soft as libc::rlim_t;
+    limit.rlim_cur = soft;
     // SAFETY: setrlimit reads the struct we own; lowering the soft limit is always allowed.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
     assert_eq!(rc, 0, "setrlimit");
@@ -79,7 +79,7 @@ async fn out_of_file_descriptors_the_listener_backs_off_and_recovers() {
 
     // Descriptors back: it accepts again and serves.
     drop(clients);
-    set_soft_nofile(original.rlim_cur as u64);
+    set_soft_nofile(original.rlim_cur);
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream

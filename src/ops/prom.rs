@@ -158,16 +158,19 @@ pub fn statuses_undelivered(metrics: &Metrics) -> u64 {
 
 type ViewFn = dyn Fn() -> ScrapeView + Send + Sync;
 
+/// One label, e.g. `[("event", "success")]`.
+type Label = [(&'static str, &'static str); 1];
+
 /// The registry and the metrics observed as they happen. Cheap to share (`Arc`); every method takes `&self`.
 pub struct Telemetry {
     registry: Registry,
-    transport_events: Family<[(&'static str, &'static str); 1], Counter>,
+    transport_events: Family<Label, Counter>,
     connect_duration: Histogram,
     auth_duration: Histogram,
-    send_duration: Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>,
+    send_duration: Family<Label, Histogram, fn() -> Histogram>,
     ping_rtt: Histogram,
     job_duration: Histogram,
-    decode_errors: Family<[(&'static str, &'static str); 1], Counter>,
+    decode_errors: Family<Label, Counter>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -187,7 +190,7 @@ impl Telemetry {
         let mut registry = Registry::default();
         let telemetry_parts = {
             let validator = registry.sub_registry_with_prefix(VALIDATOR_PREFIX);
-            let transport_events = Family::<[(&'static str, &'static str); 1], Counter>::default();
+            let transport_events = Family::<Label, Counter>::default();
             for event in TransportEvent::ALL {
                 // Created at 0 so every series has a value from the first scrape.
                 drop(transport_events.get_or_create(&[("event", event.as_str())]));
@@ -251,7 +254,7 @@ impl Telemetry {
             Unit::Seconds,
             job_duration.clone(),
         );
-        let decode_errors = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        let decode_errors = Family::<Label, Counter>::default();
         for kind in DECODE_ERROR_KINDS {
             drop(decode_errors.get_or_create(&[("kind", kind)]));
         }
