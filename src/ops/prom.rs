@@ -146,7 +146,8 @@ pub struct SpoolStatus {
 }
 
 /// Status updates never delivered: refused by the facilitator (not retried), plus, once stopped, what was left
-/// in the outbox.
+/// in the outbox. (When the machine counts `jobs_unanswered` (a rejection not queued because the outbox was full),
+/// add it here: those answers were never delivered either.)
 pub fn statuses_undelivered(metrics: &Metrics) -> u64 {
     let left = if metrics.state == StateKind::Stopped {
         (metrics.outbox_queued + metrics.in_flight) as u64
@@ -597,6 +598,7 @@ fn encode_client(encoder: &mut DescriptorEncoder, view: &ScrapeView) -> Result<(
             ("invalid_signature", c.jobs_rejected_signature),
             ("draining", c.jobs_rejected_busy),
             ("invalid_request", c.jobs_rejected_invalid),
+            // With the intake bound: ("full", c.jobs_rejected_full),
         ]
         .map(|(l, v)| (l, ConstCounter::new(v))),
     )?;
