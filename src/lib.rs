@@ -9,6 +9,8 @@ pub mod cli;
 #[cfg(feature = "runtime")]
 pub mod handler;
 pub mod machine;
+#[cfg(feature = "ops")]
+pub mod ops;
 pub mod protocol;
 #[cfg(feature = "reference")]
 pub mod reference;
@@ -20,6 +22,6 @@ pub mod spool;
 
 #[cfg(feature = "runtime")]
 pub use runtime::{
-    Client, ClientConfig, ConfigError, Metrics, MetricsHandle, Outcome, Peaks, ShutdownHandle,
-    TransportLimits, UrlError,
+    CaFileError, Client, ClientConfig, ConfigError, Metrics, MetricsHandle, Outcome, Peaks,
+    ShutdownHandle, TransportLimits, UrlError,
 };

@@ -3,7 +3,12 @@
 //! port, every validator accepted, the vectors' test signer, no jobs, no faults.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::protocol::keys::Hotkey;
 use crate::protocol::testing;
@@ -25,6 +30,8 @@ pub struct FacilitatorConfig {
     pub uuid_seed: u64,
     /// How long to wait for the client's close frame after sending one (auth rejection, close fault, shutdown).
     pub close_timeout: Duration,
+    /// Serve `wss://` with this certificate and key (see [`tls_config_from_pem`]); `None` serves `ws://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for FacilitatorConfig {
@@ -37,6 +44,7 @@ impl Default for FacilitatorConfig {
             faults: Faults::default(),
             uuid_seed: 0,
             close_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -224,4 +232,36 @@ pub enum Times {
     Always,
     /// The first K times, then never.
     First(u32),
+}
+
+/// A TLS server configuration from a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or
+/// SEC1), for [`FacilitatorConfig::tls`]. The error says which file is wrong and how.
+pub fn tls_config_from_pem(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the TLS certificate is not valid PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("the TLS certificate file holds no CERTIFICATE block".to_owned());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("the TLS key is not a valid PEM private key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the TLS certificate and key do not work together: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// [`tls_config_from_pem`] from two files (`serve --tls-cert FILE --tls-key FILE`).
+pub fn tls_config_from_files(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    tls_config_from_pem(&read(cert)?, &read(key)?)
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -31,7 +32,14 @@ use crate::protocol::Response;
 /// The only route (docs/PROTOCOL.md 1).
 pub(crate) const PATH: &str = "/ws/v0/";
 
-/// A client that has not finished its WebSocket handshake by then is dropped.
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Stream = Box<dyn Io>;
+
+/// A client that has not finished its TLS and WebSocket handshakes by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
@@ -46,6 +54,7 @@ const SHUTDOWN_CLOSE_CODE: u16 = 1012;
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -57,7 +66,7 @@ pub(crate) async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    connections.spawn(serve_connection(Arc::clone(&shared), tcp, peer));
+                    connections.spawn(serve_connection(Arc::clone(&shared), tcp, tls.clone(), peer));
                 }
                 Err(e) => {
                     log::warn!("accepting a connection failed: {e}");
@@ -84,9 +93,30 @@ struct Upgrade {
     validator_version: Option<String>,
 }
 
-async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    peer: SocketAddr,
+) {
     // Responses are small and latency matters more than packet count.
     let _ = tcp.set_nodelay(true);
+    let started = Instant::now();
+    let stream: Stream = match tls {
+        None => Box::new(tcp),
+        Some(acceptor) => match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => {
+                log::info!("TLS handshake with {peer} failed: {e}");
+                return;
+            }
+            Err(_) => {
+                log::debug!("TLS handshake with {peer} timed out");
+                return;
+            }
+        },
+    };
+    let handshake_left = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
     let mut upgrade = Upgrade::default();
     // The error type is tungstenite's: its callback API returns a whole HTTP response.
     #[allow(clippy::result_large_err)]
@@ -112,8 +142,8 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
             Err(refusal)
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(tcp, callback);
-    let ws = match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let ws = match timeout(handshake_left, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             if !upgrade.accepted && !upgrade.path.is_empty() {
@@ -160,7 +190,7 @@ async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
 struct Connection {
     shared: Arc<Shared>,
     id: ConnectionId,
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Stream>,
     commands: mpsc::UnboundedReceiver<Command>,
     kill: watch::Receiver<bool>,
     faults: ConnectionFaults,
@@ -389,7 +419,7 @@ async fn thrown(switch: &mut watch::Receiver<bool>) {
 }
 
 async fn close_handshake(
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut WebSocketStream<Stream>,
     shared: &Shared,
     id: ConnectionId,
     frame: CloseFrame,

@@ -53,7 +53,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub use config::{
     AfterMessages, AuthRejection, CloseAfter, FacilitatorConfig, Faults, JobPlan, RejectAuth,
-    Times, Validators,
+    Times, Validators, tls_config_from_files, tls_config_from_pem,
 };
 pub use records::{
     AuthOutcome, AuthRecord, ClientFrame, ConnectionEnd, ConnectionId, ConnectionRecord,
@@ -90,6 +90,7 @@ use state::{Command, Outgoing, Shared};
 pub struct ReferenceFacilitator {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    tls: bool,
     shutdown: watch::Sender<bool>,
     generator: Option<AbortHandle>,
     /// The accept loop (which owns the connection tasks) and the job generator; aborted on drop.
@@ -112,21 +113,25 @@ impl ReferenceFacilitator {
         let shared = Arc::new(Shared::new(&config));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
         tasks.spawn(connection::accept_loop(
             Arc::clone(&shared),
             listener,
+            tls,
             shutdown_rx,
         ));
         let generator = (config.jobs.total != Some(0))
             .then(|| tasks.spawn(generate_jobs(Arc::clone(&shared), config.jobs.clone())));
         log::info!(
-            "reference facilitator listening on ws://{local_addr}{} (jobs signed by {})",
+            "reference facilitator listening on {scheme}://{local_addr}{} (jobs signed by {})",
             connection::PATH,
             config.signer.ss58()
         );
         Ok(ReferenceFacilitator {
             shared,
             local_addr,
+            tls: config.tls.is_some(),
             shutdown,
             generator,
             tasks,
@@ -138,9 +143,10 @@ impl ReferenceFacilitator {
         self.local_addr
     }
 
-    /// The URL a client connects to: `ws://127.0.0.1:PORT/ws/v0/`.
+    /// The URL a client connects to: `ws://127.0.0.1:PORT/ws/v0/` (`wss://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("ws://{}{}", self.local_addr, connection::PATH)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.local_addr, connection::PATH)
     }
 
     /// The SS58 address that signs the jobs (a client must trust it).

@@ -11,10 +11,12 @@
 //! socket branch comes last, so a burst of statuses from the handlers is queued before it flushes them in one write.
 
 pub(crate) mod metrics;
+pub(crate) mod ratelimit;
 pub(crate) mod transport;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,10 +38,11 @@ use crate::protocol::{
     DecodeError, HordeFailureReason, JobRejectionReason, JobStatusUpdate, TrustedSigners,
     decode_server_frame,
 };
+use ratelimit::{RateLimiter, suppressed_note};
 
 pub use metrics::{Metrics, MetricsHandle, Peaks};
 pub(crate) use transport::Endpoint;
-pub use transport::{TransportLimits, UrlError};
+pub use transport::{CaFileError, TransportLimits, UrlError};
 
 /// Everything the client needs to know besides the hotkey and the handler.
 #[derive(Debug, Clone)]
@@ -60,14 +63,21 @@ pub struct ClientConfig {
     pub runner_version: String,
     /// Value of the `X-Validator-Version` header.
     pub validator_version: String,
+    /// A PEM file of extra certificate authorities trusted for `wss://`, on top of the public roots (for a
+    /// staging or self-hosted facilitator behind a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Keep what the operations endpoints serve (Prometheus metrics with timings, the health check): see
+    /// [`Client::ops`]. Off by default: it costs a little per input.
+    #[cfg(feature = "ops")]
+    pub operations: bool,
 }
 
-impl ClientConfig {
-    /// Defaults for everything but the URL. The version headers carry this crate's version.
-    pub fn new(url: impl Into<String>) -> Self {
+impl Default for ClientConfig {
+    /// Every default; the URL is empty and must be set (or `validate` fails).
+    fn default() -> Self {
         let version = format!("facilitator-client/{}", env!("CARGO_PKG_VERSION"));
         ClientConfig {
-            url: url.into(),
+            url: String::new(),
             machine: machine::Config::default(),
             limits: TransportLimits::default(),
             trusted_signers: Vec::new(),
@@ -75,13 +85,59 @@ impl ClientConfig {
             handle_signals: false,
             runner_version: version.clone(),
             validator_version: version,
+            ca_file: None,
+            #[cfg(feature = "ops")]
+            operations: false,
         }
+    }
+}
+
+impl ClientConfig {
+    /// Defaults for everything but the URL. The version headers carry this crate's version.
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig {
+            url: url.into(),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// Checks the settings without connecting anywhere: the machine's ([`machine::Config::validate`]), the URL,
+    /// the trusted signers, the limits and the CA file. [`Client::new`] calls it, so a bad configuration is an
+    /// error at start-up, never a stuck client.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.machine.validate()?;
+        Endpoint::new(&self.url, &self.runner_version, &self.validator_version)?;
+        TrustedSigners::new([0; 32], &self.trusted_signers)?;
+        if self.limits.max_message_size < 1024 || self.limits.max_frame_size < 1024 {
+            return Err(ConfigError::Limits(
+                "max_message_size and max_frame_size must be at least 1024 bytes (a job request is about 1 KiB)",
+            ));
+        }
+        if self.status_channel_capacity == 0 {
+            return Err(ConfigError::Limits(
+                "status_channel_capacity must be at least 1",
+            ));
+        }
+        if let Some(path) = &self.ca_file {
+            transport::tls_config_with_ca_file(path)?;
+        }
+        Ok(())
     }
 }
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
+    /// A setting of the state machine.
+    #[error(transparent)]
+    Machine(#[from] machine::ConfigError),
+    /// A size or capacity limit.
+    #[error("{0}")]
+    Limits(&'static str),
+    /// The CA file cannot be used.
+    #[error(transparent)]
+    CaFile(#[from] CaFileError),
     /// The URL is unusable.
     #[error(transparent)]
     Url(#[from] UrlError),
@@ -138,6 +194,8 @@ pub struct Client {
     shutdown: ShutdownHandle,
     events: broadcast::Sender<Event>,
     metrics: MetricsHandle,
+    #[cfg(feature = "ops")]
+    ops: Option<crate::ops::Ops>,
 }
 
 impl Client {
@@ -148,13 +206,26 @@ impl Client {
         hotkey: Hotkey,
         handler: Arc<dyn JobHandler>,
     ) -> Result<Client, ConfigError> {
-        let endpoint = Endpoint::new(
+        config.validate()?;
+        let mut endpoint = Endpoint::new(
             &config.url,
             &config.runner_version,
             &config.validator_version,
         )?;
+        if let Some(path) = &config.ca_file {
+            endpoint = endpoint.with_ca_file(path)?;
+        }
         let signers = TrustedSigners::new(hotkey.public_key(), &config.trusted_signers)?;
         let (requests, _) = watch::channel(0);
+        let metrics = MetricsHandle::default();
+        #[cfg(feature = "ops")]
+        let ops = config.operations.then(|| {
+            crate::ops::Ops::new(
+                metrics.clone(),
+                crate::ops::HealthPolicy::for_backoff_cap(config.machine.backoff.cap),
+                std::time::Instant::now(),
+            )
+        });
         Ok(Client {
             config,
             endpoint,
@@ -165,8 +236,17 @@ impl Client {
                 requests: Arc::new(requests),
             },
             events: broadcast::channel(1024).0,
-            metrics: MetricsHandle::default(),
+            metrics,
+            #[cfg(feature = "ops")]
+            ops,
         })
+    }
+
+    /// The operations hub (Prometheus metrics, health): serve [`crate::ops::Ops::routes`] with
+    /// [`crate::ops::Ops::bind`]. `None` unless [`ClientConfig::operations`] is set.
+    #[cfg(feature = "ops")]
+    pub fn ops(&self) -> Option<crate::ops::Ops> {
+        self.ops.clone()
     }
 
     /// A handle that requests a shutdown.
@@ -221,12 +301,15 @@ struct Loop {
     /// The most events one read brought.
     batch_peak: usize,
     /// Repeated warnings a flood could cause, one line per kind per interval.
-    warnings: WarnLimiter,
+    warnings: RateLimiter,
 }
 
 /// At most this many socket events are read in one go and given to the machine as one input: it checks their job
 /// requests' signatures in one batch, which costs less per job than one check each.
 const READ_BATCH: usize = 64;
+
+/// A flood of one kind of warning gives one log line per this interval.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What woke the loop.
 enum WakeUp {
@@ -265,7 +348,7 @@ impl Loop {
             ping_sent_at: None,
             batch: Vec::with_capacity(READ_BATCH),
             batch_peak: 0,
-            warnings: WarnLimiter::default(),
+            warnings: RateLimiter::new(WARNING_INTERVAL),
         }
     }
 
@@ -338,6 +421,10 @@ impl Loop {
                     Input::JobFinished(uuid)
                 }
             };
+            #[cfg(feature = "ops")]
+            if let Some(ops) = &self.client.ops {
+                ops.on_input(&input, now.into_std());
+            }
             let actions = self.machine.step(input, now.into_std());
             if let Some(reason) = self.execute(actions, now) {
                 break reason;
@@ -440,6 +527,10 @@ impl Loop {
     fn execute(&mut self, actions: Vec<Action>, now: Instant) -> Option<StopReason> {
         let mut stopped = None;
         for action in actions {
+            #[cfg(feature = "ops")]
+            if let Some(ops) = &self.client.ops {
+                ops.on_action(&action, now.into_std());
+            }
             match action {
                 Action::Open => self
                     .socket
@@ -502,7 +593,12 @@ impl Loop {
 
     async fn finish(mut self, reason: StopReason) -> Outcome {
         self.socket.abort();
-        self.warnings.flush();
+        for (kind, held) in self
+            .warnings
+            .take_expired(Instant::now().into_std() + WARNING_INTERVAL)
+        {
+            warn!("{held} more warning(s) of this kind held back: {kind}");
+        }
         // Cancel what still runs and wait for it, so no handler process outlives the client.
         self.jobs.shutdown().await;
         // Statuses handlers sent that the loop never took: hand them to the machine, which keeps them as
@@ -554,48 +650,9 @@ async fn recv_signal(signals: &mut Option<(Signal, Signal)>) -> Option<()> {
     }
 }
 
-/// At most one line per kind of repeated warning per interval; the lines held back are counted and reported with
-/// the next one, or at the end.
-#[derive(Debug, Default)]
-struct WarnLimiter {
-    kinds: Vec<(&'static str, Instant, u64)>,
-}
-
-impl WarnLimiter {
-    const INTERVAL: Duration = Duration::from_secs(10);
-
-    /// Whether to log a warning of `kind` now; `Some(n)`: yes, and `n` like it were held back since the last one.
-    fn check(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
-        match self.kinds.iter_mut().find(|(k, ..)| *k == kind) {
-            None => {
-                self.kinds.push((kind, now, 0));
-                Some(0)
-            }
-            Some((_, last, held)) if now.duration_since(*last) >= Self::INTERVAL => {
-                *last = now;
-                Some(std::mem::take(held))
-            }
-            Some((_, _, held)) => {
-                *held += 1;
-                None
-            }
-        }
-    }
-
-    /// Reports what is still held back.
-    fn flush(&mut self) {
-        for (kind, _, held) in self.kinds.iter_mut() {
-            if *held > 0 {
-                warn!("{held} more warning(s) of this kind held back: {kind}");
-                *held = 0;
-            }
-        }
-    }
-}
-
 /// Logs one event, in its one rendering (`Display`), at the level it deserves; what a flood repeats (ignored
 /// frames, refused or unanswered job requests) at most once per kind per interval.
-fn log_event(event: &Event, warnings: &mut WarnLimiter, now: Instant) {
+fn log_event(event: &Event, warnings: &mut RateLimiter, now: Instant) {
     use log::Level;
     let (level, flood_kind) = match event {
         Event::StateChanged { from, to, reason } => match reason {
@@ -632,16 +689,8 @@ fn log_event(event: &Event, warnings: &mut WarnLimiter, now: Instant) {
     match flood_kind {
         None => log::log!(level, "{event}"),
         Some(kind) => {
-            if let Some(held) = warnings.check(kind, now) {
-                if held == 0 {
-                    log::log!(level, "{event}");
-                } else {
-                    log::log!(
-                        level,
-                        "{event} ({held} more like it in the last {}s)",
-                        WarnLimiter::INTERVAL.as_secs()
-                    );
-                }
+            if let Some(held) = warnings.check(kind, now.into_std()) {
+                log::log!(level, "{event}{}", suppressed_note(held));
             }
         }
     }

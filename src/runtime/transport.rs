@@ -16,10 +16,14 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -27,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// The open WebSocket.
 pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -76,6 +80,77 @@ pub(crate) struct Endpoint {
     url: String,
     runner_version: String,
     validator_version: String,
+    /// TLS settings for `wss://` when they differ from the default (the public web roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Why a `--ca-file` cannot be used. A configuration error: the program exits 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaFileError {
+    /// The file cannot be read.
+    #[error("cannot read the CA file {path}: {problem}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        problem: String,
+    },
+    /// The file is not PEM, or a certificate in it is damaged.
+    #[error(
+        "the CA file {path} is malformed: {problem} (expected PEM `-----BEGIN CERTIFICATE-----` blocks)"
+    )]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The file holds no certificate.
+    #[error(
+        "the CA file {path} holds no certificate (expected PEM `-----BEGIN CERTIFICATE-----` blocks)"
+    )]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// A TLS client configuration that trusts the public web roots (as without `--ca-file`) plus every certificate
+/// in the PEM file at `path` (a private CA, e.g. a staging or self-hosted facilitator's).
+pub(crate) fn tls_config_with_ca_file(
+    path: &Path,
+) -> Result<Arc<rustls::ClientConfig>, CaFileError> {
+    let pem = std::fs::read(path).map_err(|e| CaFileError::Unreadable {
+        path: path.to_owned(),
+        problem: e.to_string(),
+    })?;
+    let malformed = |problem: String| CaFileError::Malformed {
+        path: path.to_owned(),
+        problem,
+    };
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| malformed(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(CaFileError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for (index, certificate) in certificates.into_iter().enumerate() {
+        roots
+            .add(certificate)
+            .map_err(|e| malformed(format!("certificate {} is not usable: {e}", index + 1)))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| malformed(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Why a URL cannot be used.
@@ -119,7 +194,20 @@ impl Endpoint {
             url: url.to_owned(),
             runner_version: runner_version.to_owned(),
             validator_version: validator_version.to_owned(),
+            tls: None,
         })
+    }
+
+    /// Trusts the certificates of the PEM file at `path` for `wss://`, on top of the public web roots
+    /// (`--ca-file`). An unreadable or malformed file is an error.
+    pub(crate) fn with_ca_file(self, path: &Path) -> Result<Endpoint, CaFileError> {
+        Ok(self.with_tls_config(tls_config_with_ca_file(path)?))
+    }
+
+    /// Uses this TLS client configuration for `wss://`.
+    pub(crate) fn with_tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Endpoint {
+        self.tls = Some(config);
+        self
     }
 
     /// The URL.
@@ -143,10 +231,12 @@ impl Endpoint {
             if let Ok(v) = HeaderValue::from_str(&endpoint.validator_version) {
                 headers.insert("X-Validator-Version", v);
             }
-            let (ws, _response) = tokio_tungstenite::connect_async_with_config(
+            let connector = endpoint.tls.map(Connector::Rustls);
+            let (ws, _response) = tokio_tungstenite::connect_async_tls_with_config(
                 request,
                 Some(limits.websocket_config()),
                 true,
+                connector,
             )
             .await
             .map_err(describe_error)?;
@@ -459,7 +549,7 @@ impl Conn {
 
 fn describe_error(error: tungstenite::Error) -> String {
     use tungstenite::Error;
-    match error {
+    let text = match error {
         Error::Io(e) => format!("I/O error: {e}"),
         Error::Tls(e) => format!("TLS error: {e}"),
         Error::Capacity(e) => format!("frame over the size limit: {e}"),
@@ -471,5 +561,15 @@ fn describe_error(error: tungstenite::Error) -> String {
             response.status()
         ),
         other => other.to_string(),
+    };
+    // rustls reports an untrusted certificate as "invalid peer certificate: UnknownIssuer" (inside an I/O error):
+    // say what to do about it.
+    if text.contains("invalid peer certificate") {
+        format!(
+            "{text} (the facilitator's TLS certificate is not trusted: if it is signed by a private CA, pass that \
+             CA with --ca-file)"
+        )
+    } else {
+        text
     }
 }

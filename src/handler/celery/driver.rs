@@ -31,6 +31,7 @@ use super::message::result_key;
 use super::status::{
     self, CHANNEL_PATTERN, ResultMeta, Whereabouts, decode_status_message, job_uuid_of_channel,
 };
+use crate::runtime::ratelimit::{RateLimiter, suppressed_note};
 
 /// Most non-terminal statuses forwarded for one job (a real job has at most five); more are dropped and counted,
 /// so a task that floods its channel cannot grow the client's memory. The terminal status always gets through.
@@ -148,43 +149,6 @@ enum DeadlineFinding {
     Whereabouts(Whereabouts),
 }
 
-/// At most one log line per interval; the next line says how many were held back.
-pub(super) struct RateLimited {
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl RateLimited {
-    pub(super) const fn new() -> Self {
-        RateLimited {
-            last: None,
-            held_back: 0,
-        }
-    }
-
-    /// `Some(number held back since the last line)` when a line may be written now.
-    pub(super) fn hit(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < LOG_INTERVAL => {
-                self.held_back += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.held_back))
-            }
-        }
-    }
-}
-
-fn held_back_note(held_back: u64) -> String {
-    if held_back == 0 {
-        String::new()
-    } else {
-        format!(" ({held_back} more like this since the last report)")
-    }
-}
-
 pub(super) struct Driver {
     config: CeleryConfig,
     client: redis::Client,
@@ -201,10 +165,9 @@ pub(super) struct Driver {
     poll_in_flight: bool,
     poll_now: bool,
     epoch: u64,
-    malformed_log: RateLimited,
-    unknown_log: RateLimited,
-    redis_error_log: RateLimited,
-    overflow_log: RateLimited,
+    /// One log line per kind per interval: malformed messages, messages for unknown jobs, Redis errors, statuses
+    /// over a job's limit.
+    warnings: RateLimiter,
 }
 
 impl Driver {
@@ -234,10 +197,7 @@ impl Driver {
             poll_in_flight: false,
             poll_now: false,
             epoch: 0,
-            malformed_log: RateLimited::new(),
-            unknown_log: RateLimited::new(),
-            redis_error_log: RateLimited::new(),
-            overflow_log: RateLimited::new(),
+            warnings: RateLimiter::new(LOG_INTERVAL),
         }
     }
 
@@ -440,10 +400,13 @@ impl Driver {
             self.counters
                 .unknown_job_messages
                 .fetch_add(1, Ordering::Relaxed);
-            if let Some(held_back) = self.unknown_log.hit(now) {
+            if let Some(held_back) = self
+                .warnings
+                .check("status message for an unknown job", now.into_std())
+            {
                 debug!(
                     "celery handler: status message for job {uuid}, which is not running here: ignored{}",
-                    held_back_note(held_back)
+                    suppressed_note(held_back)
                 );
             }
             return;
@@ -454,10 +417,13 @@ impl Driver {
                 self.counters
                     .malformed_messages
                     .fetch_add(1, Ordering::Relaxed);
-                if let Some(held_back) = self.malformed_log.hit(now) {
+                if let Some(held_back) = self
+                    .warnings
+                    .check("malformed status message", now.into_std())
+                {
                     warn!(
                         "celery handler: malformed status message on {channel}: {e}; ignored{}",
-                        held_back_note(held_back)
+                        suppressed_note(held_back)
                     );
                 }
                 return;
@@ -475,11 +441,14 @@ impl Driver {
             }
             status if !status.is_terminal() && job.forwarded >= MAX_STATUSES_PER_JOB => {
                 self.counters.not_forwarded.fetch_add(1, Ordering::Relaxed);
-                if let Some(held_back) = self.overflow_log.hit(now) {
+                if let Some(held_back) = self
+                    .warnings
+                    .check("statuses over a job's limit", now.into_std())
+                {
                     warn!(
                         "job {uuid}: more than {MAX_STATUSES_PER_JOB} statuses published; {:?} dropped{}",
                         status.as_str(),
-                        held_back_note(held_back)
+                        suppressed_note(held_back)
                     );
                 }
                 return;
@@ -611,11 +580,14 @@ impl Driver {
                     self.counters
                         .malformed_results
                         .fetch_add(1, Ordering::Relaxed);
-                    if let Some(held_back) = self.malformed_log.hit(now) {
+                    if let Some(held_back) = self
+                        .warnings
+                        .check("malformed status message", now.into_std())
+                    {
                         warn!(
                             "job {uuid}: unreadable Celery result for task {}: {problem}{}",
                             job.task_id,
-                            held_back_note(held_back)
+                            suppressed_note(held_back)
                         );
                     }
                     continue;
@@ -896,11 +868,11 @@ impl Driver {
 
     fn redis_error(&mut self, what: &str, now: Instant) {
         self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
-        if let Some(held_back) = self.redis_error_log.hit(now) {
+        if let Some(held_back) = self.warnings.check("Redis error", now.into_std()) {
             warn!(
                 "celery handler: Redis at {}: {what}{}",
                 self.config.redacted_broker(),
-                held_back_note(held_back)
+                suppressed_note(held_back)
             );
         }
     }
@@ -980,16 +952,5 @@ mod tests {
             [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
         );
         assert_eq!(reconnect_delay(u32::MAX), RECONNECT_CAP);
-    }
-
-    #[test]
-    fn rate_limited_logs_one_line_per_interval_with_a_count() {
-        let start = Instant::now();
-        let mut log = RateLimited::new();
-        assert_eq!(log.hit(start), Some(0));
-        assert_eq!(log.hit(start + Duration::from_secs(1)), None);
-        assert_eq!(log.hit(start + Duration::from_secs(2)), None);
-        assert_eq!(log.hit(start + LOG_INTERVAL), Some(2));
-        assert_eq!(log.hit(start + LOG_INTERVAL), None);
     }
 }
