@@ -296,15 +296,15 @@ impl Tracker {
                 self.classify(*from, *to, reason, now, telemetry);
                 self.liveness
                     .on_state_changed(*from, *to, &reason.to_string(), now);
-                if let Reason::Stopped { cause, .. } = reason {
-                    if matches!(
+                if let Reason::Stopped { cause, .. } = reason
+                    && matches!(
                         cause,
                         StopCause::SignatureInvalid
                             | StopCause::ClosedSignatureInvalid
                             | StopCause::LinkLostWhileDraining(_)
-                    ) {
-                        self.liveness.set_last_error(reason.to_string());
-                    }
+                    )
+                {
+                    self.liveness.set_last_error(reason.to_string());
                 }
                 if !matches!(to, StateKind::Connecting) {
                     self.phase = Phase::Idle;
