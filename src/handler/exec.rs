@@ -121,6 +121,7 @@ impl ExecHandler {
             .env("JOB_UUID", uuid)
             // Jobs run other people's work: the validator's secrets stay with the client.
             .env_remove(crate::protocol::keys::SEED_ENV_VAR)
+            .env_remove(super::CELERY_BROKER_ENV_VAR)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -686,13 +686,32 @@ fn log_event(event: &Event, warnings: &mut RateLimiter, now: Instant) {
     if !log::log_enabled!(level) {
         return;
     }
-    match flood_kind {
-        None => log::log!(level, "{event}"),
-        Some(kind) => {
-            if let Some(held) = warnings.check(kind, now.into_std()) {
-                log::log!(level, "{event}{}", suppressed_note(held));
-            }
-        }
+    let note = match flood_kind {
+        None => String::new(),
+        Some(kind) => match warnings.check(kind, now.into_std()) {
+            Some(held) => suppressed_note(held),
+            None => return,
+        },
+    };
+    // The structured fields JSON logs carry as keys (text logs show only the message).
+    match event {
+        Event::StateChanged { from, to, reason } => log::log!(
+            level,
+            from = from.as_str(),
+            to = to.as_str(),
+            reason:% = reason;
+            "{event}{note}"
+        ),
+        Event::JobRejected { uuid, reason, .. } => log::log!(
+            level,
+            job_uuid = uuid.as_str(),
+            reason:% = reason;
+            "{event}{note}"
+        ),
+        _ => match event.job_uuid() {
+            Some(uuid) => log::log!(level, job_uuid = uuid; "{event}{note}"),
+            None => log::log!(level, "{event}{note}"),
+        },
     }
 }
 
