@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use facilitator_client::Client;
 use facilitator_client::handler::EchoHandler;
+use facilitator_client::ops::{HealthPolicy, Ops};
 use facilitator_client::reference::{
     AfterMessages, FacilitatorConfig, Faults, JobPlan, ReferenceFacilitator, tls_config_from_pem,
 };
@@ -62,10 +63,14 @@ async fn a_full_client_over_wss_with_ca_file_runs_jobs_reconnects_and_times_ever
     .expect("facilitator");
     let mut config = support::fast_client_config(&facilitator.url(), &facilitator.signer_ss58());
     config.ca_file = Some(ca_file);
-    config.operations = true;
-    let client =
+    let mut client =
         Client::new(config, support::hotkey(), Arc::new(EchoHandler::new())).expect("config");
-    let ops = client.ops().expect("operations are on");
+    let ops = Ops::new(
+        client.metrics(),
+        HealthPolicy::for_backoff_cap(Duration::from_secs(1)),
+        std::time::Instant::now(),
+    );
+    client.observe(Arc::new(ops.clone()));
     let shutdown = client.shutdown_handle();
     let run = tokio::spawn(client.run());
     facilitator
@@ -160,17 +165,6 @@ async fn a_flood_of_unexpected_responses_logs_one_warning_not_one_each() {
         "500 unexpected Responses must give one line per interval"
     );
     facilitator.shutdown().await;
-}
-
-#[test]
-fn a_client_without_operations_has_no_hub() {
-    let client = Client::new(
-        facilitator_client::ClientConfig::new("ws://127.0.0.1:9/ws/v0/"),
-        support::hotkey(),
-        Arc::new(EchoHandler::new()),
-    )
-    .expect("config");
-    assert!(client.ops().is_none());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::handler::celery::CeleryConfig;
 use crate::handler::{CELERY_BROKER_ENV_VAR, CeleryHandler, EchoHandler, ExecHandler, JobHandler};
 use crate::machine;
-use crate::ops::{HttpLimits, log::LogFormat};
+use crate::ops::{HealthPolicy, HttpLimits, Ops, log::LogFormat};
 use crate::protocol::keys::{Hotkey, SEED_ENV_VAR, ss58_decode};
 use crate::reference::{self, FacilitatorConfig, JobPlan, Validators};
 use crate::runtime::{Client, ClientConfig, ConfigError};
@@ -96,7 +96,7 @@ pub struct RunOptions {
     /// Bittensor wallets directory. Default: ~/.bittensor/wallets.
     #[arg(long, value_name = "DIR")]
     pub wallet_path: Option<PathBuf>,
-    /// Wallet name (the hotkey file is <wallet-path>/<wallet-name>/hotkeys/<hotkey-name>).
+    /// Wallet name (the hotkey file is `<wallet-path>/<wallet-name>/hotkeys/<hotkey-name>`).
     #[arg(long, value_name = "NAME")]
     pub wallet_name: Option<String>,
     /// Hotkey name within the wallet.
@@ -383,7 +383,6 @@ pub fn plan(options: RunOptions) -> Result<RunPlan, CliError> {
     };
     config.handle_signals = true;
     config.ca_file = options.ca_file.or(file.ca_file);
-    config.operations = metrics_listen.is_some();
     if let Some(size) = file.max_message_size {
         if size < 1024 {
             return Err(usage(format!(
@@ -491,13 +490,20 @@ pub fn run(options: RunOptions) -> Result<u8, CliError> {
                 Arc::new(CeleryHandler::start(*celery).map_err(|e| usage(e.to_string()))?)
             }
         };
-        let client = Client::new(plan.config, plan.hotkey, handler).map_err(|e| match e {
+        let backoff_cap = plan.config.machine.backoff.cap;
+        let mut client = Client::new(plan.config, plan.hotkey, handler).map_err(|e| match e {
             ConfigError::Signals(e) => {
                 CliError::Fatal(format!("cannot install the signal handlers: {e}"))
             }
             other => usage(other.to_string()),
         })?;
-        if let (Some(addr), Some(ops)) = (plan.metrics_listen, client.ops()) {
+        if let Some(addr) = plan.metrics_listen {
+            let ops = Ops::new(
+                client.metrics(),
+                HealthPolicy::for_backoff_cap(backoff_cap),
+                std::time::Instant::now(),
+            );
+            client.observe(Arc::new(ops.clone()));
             let server = ops
                 .bind(addr, HttpLimits::default())
                 .await

@@ -162,6 +162,17 @@ impl Ops {
     }
 }
 
+/// The hub watches a client's run: `client.observe(Arc::new(ops.clone()))`.
+impl crate::Observer for Ops {
+    fn on_input(&self, input: &Input, now: Instant) {
+        Ops::on_input(self, input, now);
+    }
+
+    fn on_action(&self, action: &Action, now: Instant) {
+        Ops::on_action(self, action, now);
+    }
+}
+
 fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
     // Plain bookkeeping: a panic elsewhere cannot leave it in a state worse than a missed observation.
     tracker

@@ -11,7 +11,6 @@
 //! socket branch comes last, so a burst of statuses from the handlers is queued before it flushes them in one write.
 
 pub(crate) mod metrics;
-pub(crate) mod ratelimit;
 pub(crate) mod transport;
 
 use std::future::Future;
@@ -38,7 +37,7 @@ use crate::protocol::{
     DecodeError, HordeFailureReason, JobRejectionReason, JobStatusUpdate, TrustedSigners,
     decode_server_frame,
 };
-use ratelimit::{RateLimiter, suppressed_note};
+use crate::ratelimit::{RateLimiter, suppressed_note};
 
 pub use metrics::{Metrics, MetricsHandle, Peaks};
 pub(crate) use transport::Endpoint;
@@ -66,10 +65,6 @@ pub struct ClientConfig {
     /// A PEM file of extra certificate authorities trusted for `wss://`, on top of the public roots (for a
     /// staging or self-hosted facilitator behind a private CA).
     pub ca_file: Option<PathBuf>,
-    /// Keep what the operations endpoints serve (Prometheus metrics with timings, the health check): see
-    /// [`Client::ops`]. Off by default: it costs a little per input.
-    #[cfg(feature = "ops")]
-    pub operations: bool,
 }
 
 impl Default for ClientConfig {
@@ -86,8 +81,6 @@ impl Default for ClientConfig {
             runner_version: version.clone(),
             validator_version: version,
             ca_file: None,
-            #[cfg(feature = "ops")]
-            operations: false,
         }
     }
 }
@@ -194,8 +187,16 @@ pub struct Client {
     shutdown: ShutdownHandle,
     events: broadcast::Sender<Event>,
     metrics: MetricsHandle,
-    #[cfg(feature = "ops")]
-    ops: Option<crate::ops::Ops>,
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+/// Sees what the loop feeds the machine and what the machine asks for: the hook for measuring and monitoring a
+/// run from outside without changing it. See [`Client::observe`].
+pub trait Observer: Send + Sync {
+    /// The loop is about to step the machine with `input` at `now`.
+    fn on_input(&self, input: &Input, now: std::time::Instant);
+    /// The machine returned `action` at `now` (called for each, in order, as it is carried out).
+    fn on_action(&self, action: &Action, now: std::time::Instant);
 }
 
 impl Client {
@@ -218,14 +219,6 @@ impl Client {
         let signers = TrustedSigners::new(hotkey.public_key(), &config.trusted_signers)?;
         let (requests, _) = watch::channel(0);
         let metrics = MetricsHandle::default();
-        #[cfg(feature = "ops")]
-        let ops = config.operations.then(|| {
-            crate::ops::Ops::new(
-                metrics.clone(),
-                crate::ops::HealthPolicy::for_backoff_cap(config.machine.backoff.cap),
-                std::time::Instant::now(),
-            )
-        });
         Ok(Client {
             config,
             endpoint,
@@ -237,16 +230,15 @@ impl Client {
             },
             events: broadcast::channel(1024).0,
             metrics,
-            #[cfg(feature = "ops")]
-            ops,
+            observers: Vec::new(),
         })
     }
 
-    /// The operations hub (Prometheus metrics, health): serve [`crate::ops::Ops::routes`] with
-    /// [`crate::ops::Ops::bind`]. `None` unless [`ClientConfig::operations`] is set.
-    #[cfg(feature = "ops")]
-    pub fn ops(&self) -> Option<crate::ops::Ops> {
-        self.ops.clone()
+    /// Adds an observer that sees every input and action of the run, in order (for example the operations hub,
+    /// `ops::Ops`, which measures timings for the Prometheus metrics and tracks health). Observers are called on
+    /// the loop: they must be quick and never block.
+    pub fn observe(&mut self, observer: Arc<dyn Observer>) {
+        self.observers.push(observer);
     }
 
     /// A handle that requests a shutdown.
@@ -421,9 +413,8 @@ impl Loop {
                     Input::JobFinished(uuid)
                 }
             };
-            #[cfg(feature = "ops")]
-            if let Some(ops) = &self.client.ops {
-                ops.on_input(&input, now.into_std());
+            for observer in &self.client.observers {
+                observer.on_input(&input, now.into_std());
             }
             let actions = self.machine.step(input, now.into_std());
             if let Some(reason) = self.execute(actions, now) {
@@ -527,9 +518,8 @@ impl Loop {
     fn execute(&mut self, actions: Vec<Action>, now: Instant) -> Option<StopReason> {
         let mut stopped = None;
         for action in actions {
-            #[cfg(feature = "ops")]
-            if let Some(ops) = &self.client.ops {
-                ops.on_action(&action, now.into_std());
+            for observer in &self.client.observers {
+                observer.on_action(&action, now.into_std());
             }
             match action {
                 Action::Open => self
