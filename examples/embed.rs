@@ -91,7 +91,7 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
     // The host's own signal: Ctrl-C, or (with the stand-in facilitator) all its jobs done.
     let facilitator = facilitator.map(Arc::new);
     let stand_in = facilitator.clone();
-    let jobs_done = async move {
+    let mut jobs_done = Box::pin(async move {
         match stand_in {
             Some(f) => {
                 let _ = f
@@ -100,8 +100,7 @@ async fn host() -> Result<(), Box<dyn std::error::Error>> {
             }
             None => std::future::pending().await,
         }
-    };
-    tokio::pin!(jobs_done);
+    });
     let mut work = tokio::time::interval(Duration::from_millis(500));
     let mut ticks = 0u64;
     let mut requests = 0;
