@@ -37,7 +37,7 @@ use crate::protocol::{
 use super::{BoxFuture, ClientStopped, JobHandler, StatusSender};
 
 /// How much of each of stdout and stderr a job's result keeps by default: 64 KiB.
-pub const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
+pub(super) const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
 
 /// The longest stdout line that is still read as a status line: one frame's worth (a longer status could never
 /// be sent). Longer lines are output.
@@ -69,7 +69,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 ///   `execution`, the exit code, or null when a signal killed the shell, and the captured output).
 /// - A shell that cannot be started gives `horde_failed` (`reported_by: validator`, `generic_error`).
 /// - Captured output is stdout's lines that were not forwarded as statuses, and stderr; each keeps its first and
-///   last halves of [`DEFAULT_MAX_OUTPUT`] (or [`ExecHandler::with_max_output`]) with a note of how much was left
+///   last halves of 64 KiB (or [`ExecHandler::with_max_output`]) with a note of how much was left
 ///   out between them.
 ///
 /// Dropping the job's future kills the whole process group (SIGKILL), grandchildren included.

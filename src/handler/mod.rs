@@ -16,8 +16,8 @@ use crate::protocol::{JobRequest, JobStatus, JobStatusUpdate};
 
 #[cfg(feature = "celery")]
 pub mod celery;
-pub mod echo;
-pub mod exec;
+mod echo;
+mod exec;
 
 #[cfg(feature = "celery")]
 pub use celery::CeleryHandler;
