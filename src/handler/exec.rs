@@ -103,7 +103,7 @@ impl ExecHandler {
     }
 
     /// Keeps at most about `bytes` of each of stdout and stderr in a job's result (default
-    /// [`DEFAULT_MAX_OUTPUT`]).
+    /// 64 KiB).
     pub fn with_max_output(mut self, bytes: usize) -> Self {
         self.max_output = bytes;
         self
