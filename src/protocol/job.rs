@@ -63,6 +63,15 @@ impl JobRequest {
 
     /// Parses the wire text of a `V2JobRequest`.
     pub fn parse(text: &str) -> Result<JobRequest, JobRequestError> {
+        match super::typed::job_request(text) {
+            Some(fields) => Ok(JobRequest::with_text(text, fields)),
+            None => Self::parse_validating(text),
+        }
+    }
+
+    /// [`Self::parse`] through a parsed `Value`, naming the first problem: the authority the typed decoder agrees
+    /// with.
+    pub(super) fn parse_validating(text: &str) -> Result<JobRequest, JobRequestError> {
         let value: Value = serde_json::from_str(text).map_err(|e| JobRequestError {
             uuid: None,
             problem: format!("not JSON: {e}"),
@@ -86,6 +95,14 @@ impl JobRequest {
             text: Arc::from(text),
             fields,
         })
+    }
+
+    /// A job request from its text and the fields decoded from it (by the typed decoder).
+    pub(super) fn with_text(text: &str, fields: JobRequestFields) -> JobRequest {
+        JobRequest {
+            text: Arc::from(text),
+            fields,
+        }
     }
 
     /// A job request whose text is the facilitator's encoding of `fields` (see [`JobRequestFields::to_wire_text`]).
@@ -532,6 +549,21 @@ impl StringMap {
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The map of `entries` if no key repeats (`None` if one does), in n log n for a large map.
+    pub(super) fn from_unique(entries: Vec<(String, String)>) -> Option<StringMap> {
+        let repeats = if entries.len() <= 16 {
+            entries
+                .iter()
+                .enumerate()
+                .any(|(i, (key, _))| entries[..i].iter().any(|(k, _)| k == key))
+        } else {
+            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            keys.sort_unstable();
+            keys.windows(2).any(|pair| pair[0] == pair[1])
+        };
+        (!repeats).then_some(StringMap(entries))
     }
 
     /// The JSON object, in order.

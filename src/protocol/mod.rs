@@ -19,6 +19,7 @@ mod signature;
 #[cfg(any(feature = "reference", feature = "test-support"))]
 pub mod testing;
 mod trust;
+mod typed;
 mod wire;
 
 pub use cheated::JobCheated;
