@@ -214,5 +214,8 @@ fn both_decoders_agree_on_every_seed_and_every_one_edit_variant() {
     // Both ways are exercised: many variants stay valid (the typed decoder decodes them), most do not.
     println!("{checked} frames, {typed} decoded by the typed decoder");
     assert!(checked > 10_000, "only {checked} frames checked");
-    assert!(typed > 1_000, "the typed decoder decoded only {typed} of {checked} frames");
+    assert!(
+        typed > 1_000,
+        "the typed decoder decoded only {typed} of {checked} frames"
+    );
 }

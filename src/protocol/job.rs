@@ -453,13 +453,21 @@ impl JobRequestFields {
     /// The canonical SignedFields text (section 9.3): compact JSON, non-ASCII raw. Byte-for-byte what
     /// `serde_json::to_string` writes for an order-preserving map.
     pub fn signed_fields_json(&self) -> String {
-        self.signed_fields().to_string()
+        // The payload is a JSON string literal by construction; should that ever break, the Value form says the
+        // same (and the property test that compares the payload with the Value form's literal fails).
+        serde_json::from_str(&self.signed_payload())
+            .unwrap_or_else(|_| self.signed_fields().to_string())
     }
 
     /// The bytes hashed after the timestamp (section 9.4): the JSON string literal of
     /// [`Self::signed_fields_json`], pure ASCII (the double encoding).
+    ///
+    /// Written straight from the fields in one pass (it is on every job's signature check): the same text as
+    /// `pyjson::string_literal(&self.signed_fields().to_string())`.
     pub fn signed_payload(&self) -> String {
-        pyjson::string_literal(&self.signed_fields_json())
+        let mut out = String::with_capacity(1024);
+        self.write_signed_payload(&mut out);
+        out
     }
 
     /// Signs these fields as the SDK does (scope `SignedFields`) and stores the signature.
