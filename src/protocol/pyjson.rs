@@ -43,6 +43,9 @@ pub fn dumps_sorted(value: &Value) -> String {
 /// use facilitator_client::protocol::testing::pyjson;
 /// assert_eq!(pyjson::string_literal("a\"b\\c\u{7f}😀"), r#""a\"b\\c\u007f\ud83d\ude00""#);
 /// ```
+///
+/// (The client itself writes its one string literal, the signed payload, in `signed_fields.rs`.)
+#[cfg(any(test, feature = "test-support"))]
 pub fn string_literal(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     write_string(&mut out, text);
