@@ -14,13 +14,24 @@ fn mark(i: usize) -> String {
     format!("\u{0}MARK{i}")
 }
 
-/// Serializes `value` and replaces each marked string literal with its raw text.
+/// Serializes `value` and replaces each marked string literal with its raw text (a mark without raw text stays).
 fn render(value: &Value, raws: &[String]) -> String {
-    let mut text = value.to_string();
-    for (i, raw) in raws.iter().enumerate() {
-        text = text.replace(&format!("\"\\u0000MARK{i}\""), raw);
+    const MARK: &str = "\"\\u0000MARK";
+    let text = value.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + MARK.len()..];
+        let digits = after.find('"').expect("a mark ends with a quote");
+        match after[..digits].parse::<usize>().ok().and_then(|i| raws.get(i)) {
+            Some(raw) => out.push_str(raw),
+            None => out.push_str(&rest[at..at + MARK.len() + digits + 1]),
+        }
+        rest = &after[digits + 1..];
     }
-    text
+    out.push_str(rest);
+    out
 }
 
 /// Raw values that stress what the validating decoder refuses or reads differently.
@@ -218,4 +229,38 @@ fn both_decoders_agree_on_every_seed_and_every_one_edit_variant() {
         typed > 1_000,
         "the typed decoder decoded only {typed} of {checked} frames"
     );
+}
+
+#[test]
+fn a_large_env_decodes_in_one_pass_and_a_repeated_key_in_it_is_left_to_the_validating_decoder() {
+    let job = facilitator_client::protocol::testing::unsigned_job_text(
+        "7d8a9f4e-1b2c-4d3e-8f40-5a6b7c8d9e01",
+    );
+    let entries: Vec<String> = (0..40).map(|i| format!("\"K{i:02}\": \"{i}\"")).collect();
+    let large = job.replace(
+        r#""env": {}"#,
+        &format!(r#""env": {{{}}}"#, entries.join(", ")),
+    );
+    assert!(
+        decoders_agree(&large),
+        "a large env without repeats decodes in one pass"
+    );
+    let mut repeated = entries.clone();
+    repeated.push("\"K03\": \"again\"".to_owned());
+    let repeated = job.replace(
+        r#""env": {}"#,
+        &format!(r#""env": {{{}}}"#, repeated.join(", ")),
+    );
+    assert!(
+        !decoders_agree(&repeated),
+        "a repeated key goes to the validating decoder"
+    );
+    let Ok(facilitator_client::protocol::ServerMessage::JobRequest(decoded)) =
+        facilitator_client::protocol::decode_server_frame(&repeated, 1 << 20)
+    else {
+        panic!("the job decodes");
+    };
+    assert_eq!(decoded.env().len(), 40);
+    assert_eq!(decoded.env().get("K03"), Some("again"));
+    assert_eq!(decoded.env().iter().nth(3), Some(("K03", "again")));
 }
