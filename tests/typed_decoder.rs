@@ -24,7 +24,11 @@ fn render(value: &Value, raws: &[String]) -> String {
         out.push_str(&rest[..at]);
         let after = &rest[at + MARK.len()..];
         let digits = after.find('"').expect("a mark ends with a quote");
-        match after[..digits].parse::<usize>().ok().and_then(|i| raws.get(i)) {
+        match after[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| raws.get(i))
+        {
             Some(raw) => out.push_str(raw),
             None => out.push_str(&rest[at..at + MARK.len() + digits + 1]),
         }
