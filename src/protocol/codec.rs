@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::cheated::JobCheated;
 use super::job::JobRequest;
 use super::messages::Response;
-use super::typed;
+use super::typed::{self, Frame};
 use super::wire::{brief, brief_json, kind};
 
 /// A sensible frame size limit: the reference validator's WebSocket library refuses messages over 1 MiB.
@@ -116,7 +116,10 @@ pub fn decode_server_frame(text: &str, limit: usize) -> Result<ServerMessage, De
     // The frames a facilitator sends, in one typed pass; anything else is decided, and any problem named, by the
     // validating decoder.
     match typed::decode(text) {
-        Some(message) => Ok(message),
+        Some(Frame::Response(response)) => Ok(ServerMessage::Response(response)),
+        Some(Frame::Job(fields)) => Ok(ServerMessage::JobRequest(Arc::new(JobRequest::with_text(
+            text, *fields,
+        )))),
         None => decode_validating(text),
     }
 }

@@ -63,15 +63,6 @@ impl JobRequest {
 
     /// Parses the wire text of a `V2JobRequest`.
     pub fn parse(text: &str) -> Result<JobRequest, JobRequestError> {
-        match super::typed::job_request(text) {
-            Some(fields) => Ok(JobRequest::with_text(text, fields)),
-            None => Self::parse_validating(text),
-        }
-    }
-
-    /// [`Self::parse`] through a parsed `Value`, naming the first problem: the authority the typed decoder agrees
-    /// with.
-    pub(super) fn parse_validating(text: &str) -> Result<JobRequest, JobRequestError> {
         let value: Value = serde_json::from_str(text).map_err(|e| JobRequestError {
             uuid: None,
             problem: format!("not JSON: {e}"),
@@ -97,7 +88,7 @@ impl JobRequest {
         })
     }
 
-    /// A job request from its text and the fields decoded from it (by the typed decoder).
+    /// A job request from its text and the fields the typed decoder read from it.
     pub(super) fn with_text(text: &str, fields: JobRequestFields) -> JobRequest {
         JobRequest {
             text: Arc::from(text),

@@ -10,44 +10,33 @@
 //! (number range, nesting depth, escapes), and `fuzzing::decode_frame` checks the two agree on every fuzz input.
 
 use std::fmt;
-use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::codec::ServerMessage;
 use super::enums::{ExecutorClass, SignatureScope};
-use super::job::JobRequestFields;
 use super::job::{
-    AllowPatterns, JobRequest, JobStreamingDetails, OutputUpload, SingleFileUpload, StringMap,
-    Volume, VolumeSource, ZipUpload, check_relative_path,
+    AllowPatterns, JobRequest, JobRequestFields, JobStreamingDetails, OutputUpload,
+    SingleFileUpload, StringMap, Volume, VolumeSource, ZipUpload, check_relative_path,
 };
 use super::messages::{Response, ResponseStatus};
 use super::signature::JobSignature;
 
-/// Decodes a server frame if it is a `Response` or a `V2JobRequest` in the form the facilitator writes; `None`
-/// otherwise (the validating decoder then decides).
-pub(super) fn decode(text: &str) -> Option<ServerMessage> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let frame = de.deserialize_map(FrameVisitor).ok()?;
-    de.end().ok()?;
-    Some(match frame {
-        Frame::Response(response) => ServerMessage::Response(response),
-        Frame::Job(fields) => {
-            ServerMessage::JobRequest(Arc::new(JobRequest::with_text(text, *fields)))
-        }
-    })
+/// What the typed decoder read.
+pub(super) enum Frame {
+    /// A Response.
+    Response(Response),
+    /// A job request's fields (the caller keeps the text with them).
+    Job(Box<JobRequestFields>),
 }
 
-/// Decodes the text of a `V2JobRequest` in the form the facilitator writes; `None` otherwise.
-pub(super) fn job_request(text: &str) -> Option<JobRequestFields> {
+/// Decodes a server frame if it is a `Response` or a `V2JobRequest` in the form the facilitator writes; `None`
+/// otherwise (the validating decoder then decides).
+pub(super) fn decode(text: &str) -> Option<Frame> {
     let mut de = serde_json::Deserializer::from_str(text);
     let frame = de.deserialize_map(FrameVisitor).ok()?;
     de.end().ok()?;
-    match frame {
-        Frame::Job(fields) => Some(*fields),
-        Frame::Response(_) => None,
-    }
+    Some(frame)
 }
 
 /// Giving up: the text of this error is never shown (the validating decoder names the problem).
@@ -107,11 +96,6 @@ fn type_first<'de, A: MapAccess<'de>>(map: &mut A, key: &str) -> Result<&'de str
         Some(Word(first)) if first == key => Ok(map.next_value::<Word<'de>>()?.0),
         _ => Err(bail()),
     }
-}
-
-enum Frame {
-    Response(Response),
-    Job(Box<JobRequestFields>),
 }
 
 struct FrameVisitor;
