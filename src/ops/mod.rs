@@ -237,6 +237,8 @@ impl Tracker {
             | Input::SocketFailed(_)
             | Input::SocketClosed(_)
             | Input::Frame(_)
+            | Input::JobAttached { .. }
+            | Input::Persisted { .. }
             | Input::Shutdown
             | Input::ForceStop => {}
         }
@@ -272,7 +274,11 @@ impl Tracker {
                 }
                 self.phase = Phase::Authenticating { since: now }
             }
-            Action::Send(_) | Action::Abort | Action::Dispatch(_) | Action::Close(_) => {}
+            Action::Send(_)
+            | Action::Abort
+            | Action::Dispatch(_)
+            | Action::Close(_)
+            | Action::Persist { .. } => {}
             Action::Ping => self.ping_sent_at = Some(now),
             Action::CancelJobs => {
                 // The machine reports each cancelled job `horde_failed`: that is its terminal status.

@@ -582,6 +582,12 @@ impl Loop {
                     log_event(&event, &mut self.warnings, now);
                     let _ = self.client.events.send(event);
                 }
+                Action::Persist { id, .. } => {
+                    // The runtime does not open a spool yet, and `machine.durable` is off by default.
+                    error!(
+                        "bug: the machine asked to persist spool batch {id} but this client has no spool"
+                    );
+                }
                 Action::Stop(reason) => stopped = Some(reason),
             }
         }
@@ -682,6 +688,8 @@ fn log_event(event: &Event, warnings: &mut RateLimiter, now: Instant) {
             Some("job requests not answered: the outbox is full"),
         ),
         Event::Ignored(what) => (Level::Warn, Some(what.kind())),
+        Event::SpoolCommitFailed { .. } => (Level::Error, Some("spool commits failed")),
+        Event::SpoolUpToDate { .. } => (Level::Info, None),
     };
     if !log::log_enabled!(level) {
         return;
