@@ -23,5 +23,5 @@ pub mod spool;
 #[cfg(feature = "runtime")]
 pub use runtime::{
     CaFileError, Client, ClientConfig, ConfigError, Metrics, MetricsHandle, Outcome, Peaks,
-    ShutdownHandle, TransportLimits, UrlError,
+    ShutdownHandle, SpoolMetrics, SpoolSummary, TransportLimits, UrlError,
 };
