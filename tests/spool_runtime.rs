@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use facilitator_client::handler::{BoxFuture, EchoHandler, JobHandler, StatusSender};
-use facilitator_client::machine::{BackoffConfig, RESTARTED_WHILE_RUNNING, StopReason};
+use facilitator_client::machine::{BackoffConfig, Event, RESTARTED_WHILE_RUNNING, StopReason};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::{JobRequest, JobStatus};
 use facilitator_client::reference::{
@@ -420,4 +420,80 @@ async fn a_spool_of_another_hotkey_is_refused_naming_both() {
         Err(other) => panic!("refused for another reason: {other}"),
         Ok(_) => panic!("a spool of another hotkey was accepted"),
     }
+}
+
+#[tokio::test]
+async fn the_next_start_kills_what_a_dead_client_s_exec_job_left_running() {
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new().unwrap();
+    let path = spool_path(&dir);
+    let facilitator = start(FacilitatorConfig::default()).await;
+    // What a killed client leaves: its job's shell in its own group, with a child.
+    let mut leader = std::process::Command::new("sh")
+        .args(["-c", "sleep 1000 & wait"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = leader.id() as i32;
+    let start_time = facilitator_client::handler::orphans::proc_stat(pgid)
+        .unwrap()
+        .start_time;
+    {
+        let identity = SpoolIdentity {
+            hotkey_ss58: hotkey().ss58(),
+            url: facilitator.url(),
+        };
+        let mut opened = Spool::open(&path, &identity).unwrap();
+        let uuid = "00000000-0000-4000-8000-00000000dead";
+        opened
+            .spool
+            .commit(&facilitator_client::spool::SpoolBatch {
+                put_jobs: vec![facilitator_client::spool::JobRecord {
+                    uuid: uuid.to_owned(),
+                    request: Arc::from(format!(r#"{{"uuid":"{uuid}"}}"#)),
+                    accepted_at_unix_ms: 1,
+                    handler: Some(HandlerRecord::Exec { pgid, start_time }),
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let client = Client::new(
+        config(&facilitator, &path),
+        hotkey(),
+        Arc::new(EchoHandler::new()),
+    )
+    .unwrap();
+    let shutdown = client.shutdown_handle();
+    let mut events = client.subscribe();
+    let run = spawn(client);
+    // Killed at start, before anything else.
+    let status = tokio::time::timeout(GUARD, tokio::task::spawn_blocking(move || leader.wait()))
+        .await
+        .expect("the spooled group is killed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    // The facilitator does not know this job: its horde_failed is answered job.not_found, and never retried.
+    let refused = async {
+        loop {
+            match events.recv().await {
+                Ok(Event::StatusRefused { status, .. }) => return status,
+                Ok(_) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    };
+    let status = tokio::time::timeout(GUARD, refused)
+        .await
+        .expect("the horde_failed is answered");
+    assert_eq!(status, JobStatus::HordeFailed);
+    shutdown.shutdown();
+    let outcome = join(run).await;
+    let c = &outcome.metrics.counters;
+    assert_eq!((c.jobs_interrupted, c.statuses_refused), (1, 1), "{c:?}");
+    assert_eq!(spool_content(&path, &facilitator), (0, 0));
 }

@@ -3,9 +3,9 @@
 //!
 //! Owns: reading `/proc/<pid>/stat` (the process group and the start time, field 22, in clock ticks since boot),
 //! and the decision to signal a spooled group. Must never: kill a process group whose leader is alive with another
-//! start time (its pid was reused), kill a leaderless group with a member that started before the job's leader or
-//! after this process (it is not the job's), or panic on anything `/proc` says. Linux only, like the parent-death
-//! signal that makes most of this unnecessary.
+//! start time (its pid was reused), kill a leaderless group with a member that started before the job's leader (it
+//! is not the job's), or panic on anything `/proc` says. Linux only, like the parent-death signal that makes most of
+//! this unnecessary. A zombie counts as gone: it runs nothing.
 
 use std::fs;
 use std::io;
@@ -21,9 +21,14 @@ pub struct ProcStat {
     pub start_time: u64,
 }
 
-/// Reads a process's group and start time; `None` when the process does not exist (or is not readable).
+/// Reads a process's group and start time; `None` when the process does not exist, is a zombie (it runs nothing;
+/// who reaps it is not ours to decide), or is not readable.
 pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = text.rsplit_once(')')?.1.split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
     parse_stat(&text)
 }
 
@@ -56,8 +61,7 @@ pub enum Orphans {
     Gone,
     /// A process with the group's pid runs with another start time: the pid was reused; left alone.
     PidReused,
-    /// The group's leader is gone and a process in the group started before it, or after this client: not the
-    /// job's; left alone.
+    /// The group's leader is gone and a process in the group started before it: not the job's; left alone.
     NotTheJobs,
 }
 
@@ -84,8 +88,9 @@ impl std::fmt::Display for Orphans {
 /// - A process with that pid and another start time: the pid was reused; nothing is signalled.
 /// - The leader gone: Linux does not reuse a pid while a process group of that id exists, so the processes left in
 ///   group `pgid` are the job's (children of its shell, which the parent-death signal does not reach), unless the
-///   group died out and the id was taken again meanwhile. Against that, every member must have started at or after
-///   the job's leader and before this process; otherwise nothing is signalled.
+///   group died out and the id was taken again meanwhile by a process that made itself a group leader, forked and
+///   exited before this start: rare, and checked as far as the record allows, as every member must have started
+///   at or after the job's leader; otherwise nothing is signalled.
 pub fn kill_orphaned_group(pgid: i32, start_time: u64) -> io::Result<Orphans> {
     // Never 0 or 1 (our own group, every process), nor anything a valid record cannot hold.
     let Some(group) = Pid::from_raw(pgid).filter(|_| pgid > 1) else {
@@ -100,11 +105,7 @@ pub fn kill_orphaned_group(pgid: i32, start_time: u64) -> io::Result<Orphans> {
             if members.is_empty() {
                 return Ok(Orphans::Gone);
             }
-            let ours = proc_stat(std::process::id() as i32).map_or(u64::MAX, |s| s.start_time);
-            if members
-                .iter()
-                .any(|m| m.start_time < start_time || m.start_time > ours)
-            {
+            if members.iter().any(|m| m.start_time < start_time) {
                 return Ok(Orphans::NotTheJobs);
             }
             members
