@@ -222,6 +222,61 @@ fn usage_and_configuration_errors_exit_2_with_one_clear_line() {
         &[("FACILITATOR_HOTKEY_SEED", SEED)],
         "/nonexistent.toml",
     );
+    // The Celery hand-off needs its broker and its task; its flags belong to it.
+    let seed = ("FACILITATOR_HOTKEY_SEED", SEED);
+    let broker = ("FACILITATOR_CELERY_BROKER", "redis://:secret@127.0.0.1:1/0");
+    usage_error(
+        &[&url[..], &["--handler", "celery"]].concat(),
+        &[seed, broker],
+        "--celery-task",
+    );
+    usage_error(
+        &[&url[..], &["--handler", "celery", "--celery-task", "t"]].concat(),
+        &[seed],
+        "--celery-broker",
+    );
+    usage_error(
+        &[&url[..], &["--celery-task", "t"]].concat(),
+        &[seed],
+        "only for --handler celery",
+    );
+    usage_error(
+        &[
+            &url[..],
+            &[
+                "--handler",
+                "celery",
+                "--celery-task",
+                "t",
+                "--celery-job-timeout",
+                "0",
+            ],
+        ]
+        .concat(),
+        &[seed, broker],
+        "--celery-job-timeout",
+    );
+    usage_error(
+        &[
+            &url[..],
+            &[
+                "--handler",
+                "celery",
+                "--celery-task",
+                "t",
+                "--celery-broker",
+                "http://x",
+            ],
+        ]
+        .concat(),
+        &[seed],
+        "redis://",
+    );
+    usage_error(
+        &["serve", "--tls-cert", "/nonexistent.pem"],
+        &[],
+        "--tls-cert and --tls-key go together",
+    );
 }
 
 #[test]
@@ -329,6 +384,7 @@ fn run_processes_jobs_through_an_exec_script_and_exits_zero_on_sigint() {
             "0.5",
         ])
         .env("FACILITATOR_HOTKEY_SEED", SEED)
+        .env("FACILITATOR_CELERY_BROKER", "redis://:secret@127.0.0.1:1/0")
         .env("JOB_DIR", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -363,6 +419,7 @@ fn run_processes_jobs_through_an_exec_script_and_exits_zero_on_sigint() {
         let env = std::fs::read_to_string(dir.path().join(format!("{}.env", job.uuid))).unwrap();
         assert!(env.contains(&format!("JOB_UUID={}", job.uuid)), "{env}");
         assert!(!env.contains("FACILITATOR_HOTKEY_SEED"), "{env}");
+        assert!(!env.contains("FACILITATOR_CELERY_BROKER"), "{env}");
         assert!(
             !env.contains(&SEED[2..]),
             "the seed is in a job's environment"
@@ -487,4 +544,115 @@ fn serve_and_run_work_together_and_a_second_sigint_forces_the_stop() {
     );
     sigint(&serve);
     assert_eq!(wait_with_guard(serve).status.code(), Some(0));
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns (status line, headers and body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the metrics listener accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("the request is written");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("the response is read");
+    let (status, rest) = response.split_once("\r\n").unwrap_or((&response, ""));
+    (status.to_owned(), rest.to_owned())
+}
+
+#[test]
+fn json_logs_and_the_metrics_listener_of_a_real_run() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let facilitator = runtime
+        .block_on(ReferenceFacilitator::start(FacilitatorConfig {
+            jobs: JobPlan::count(3),
+            ..Default::default()
+        }))
+        .unwrap();
+    let mut child = program()
+        .args(["run", "--url", &facilitator.url()])
+        .args(["--trusted-signer", &facilitator.signer_ss58()])
+        .args(["--log-format", "json", "--metrics-listen", "127.0.0.1:0"])
+        .env("FACILITATOR_HOTKEY_SEED", SEED)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let mut seen = Vec::new();
+    let serving = wait_for_line(&lines, &mut seen, "serving /metrics");
+    let serving: serde_json::Value = serde_json::from_str(&serving).expect("a JSON log line");
+    let addr = serving["msg"]
+        .as_str()
+        .and_then(|m| m.rsplit("http://").next())
+        .expect("the address in the message")
+        .to_owned();
+    runtime
+        .block_on(facilitator.wait_for(|r| r.finished_jobs() == 3, GUARD))
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_line(&lines, &mut seen, "-> Running");
+
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(
+        body.contains("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{body}"
+    );
+    assert!(
+        body.contains("validator_facilitator_client_transport_layer_state 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("facilitator_client_jobs_total{outcome=\"accepted\"} 3"),
+        "{body}"
+    );
+    let (status, body) = http_get(&addr, "/healthz");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let health: serde_json::Value =
+        serde_json::from_str(body.rsplit("\r\n\r\n").next().unwrap_or("")).expect("JSON health");
+    assert_eq!(health["state"], "Running", "{health}");
+
+    sigint(&child);
+    let output = wait_with_guard(child);
+    assert_eq!(output.status.code(), Some(0));
+    seen.extend(lines.try_iter());
+    // Every line is one JSON object with the fixed keys; state changes and job lines carry their fields; the
+    // seed is nowhere.
+    for line in &seen {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        for key in ["ts", "level", "target", "msg"] {
+            assert!(value.get(key).is_some(), "no {key} in {line}");
+        }
+        assert!(!line.contains(&SEED[2..]), "the seed in a log line");
+    }
+    let change = seen
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["to"] == "Running")
+        .expect("a state change to Running");
+    assert_eq!(change["from"], "Connecting", "{change}");
+    assert!(
+        change["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("authenticated"))
+    );
+    assert!(
+        seen.iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .any(|v| v["job_uuid"].as_str().is_some()
+                && v["msg"].as_str().is_some_and(|m| m.ends_with("accepted"))),
+        "no job line with job_uuid"
+    );
+    runtime.block_on(facilitator.shutdown());
 }

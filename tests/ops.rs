@@ -3,6 +3,9 @@
 //! `wss://` with a private CA generated here.
 #![cfg(feature = "ops")]
 
+#[path = "services/mod.rs"]
+mod services;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -310,13 +313,19 @@ fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
 /// counters whose family does have a HELP line; any other finding, or a parse error, fails.
 fn promtool_check(text: &str) {
     use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
+    let spawned = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs (Debian package `prometheus`)");
+        .spawn();
+    let Ok(mut child) = spawned else {
+        services::missing(
+            "promtool check metrics",
+            "promtool (Debian package `prometheus`)",
+        );
+        return;
+    };
     child
         .stdin
         .take()

@@ -4,6 +4,9 @@
 //! file system (a tiny tmpfs, where this runs as root), the writer thread, compaction. The measurements the issue
 //! asks for are `#[ignore]`d tests at the end (run them one at a time with `--ignored --nocapture`).
 
+#[path = "services/mod.rs"]
+mod services;
+
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -860,9 +863,9 @@ fn a_spool_that_may_not_be_opened_is_an_error_and_left_alone() {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!(
-                "SKIPPED: running as root and `chattr +i` is not available on {}: cannot deny root access",
-                path.display()
+            services::missing(
+                "permission denied as root",
+                &format!("`chattr +i` on {} (to deny root access)", path.display()),
             );
             return;
         }
@@ -957,9 +960,7 @@ impl Drop for Tmpfs {
 #[test]
 fn a_read_only_file_system_is_an_error_and_the_spool_left_alone() {
     let Some(fs_) = Tmpfs::mount("size=1m,mode=0700") else {
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs here (needs root): read-only file system not tested"
-        );
+        services::missing("read-only file system", "the right to mount a tmpfs (root)");
         return;
     };
     let path = fs_.path().join("x.spool");
@@ -1011,7 +1012,7 @@ fn big_status(id: u64) -> SpooledStatus {
 #[test]
 fn a_full_file_system_fails_the_commit_and_a_later_snapshot_succeeds() {
     let Some(fs_) = Tmpfs::mount("size=4m,mode=0700") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): full file system not tested");
+        services::missing("full file system", "the right to mount a tmpfs (root)");
         return;
     };
     let path = fs_.path().join("x.spool");
@@ -1062,7 +1063,7 @@ fn a_full_file_system_fails_the_commit_and_a_later_snapshot_succeeds() {
 #[test]
 fn a_new_spool_on_a_full_file_system_is_a_failure_to_create() {
     let Some(fs_) = Tmpfs::mount("size=1m,mode=0700") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): full file system not tested");
+        services::missing("full file system", "the right to mount a tmpfs (root)");
         return;
     };
     let _filler = fill(fs_.path());
@@ -1081,7 +1082,7 @@ fn a_new_spool_on_a_full_file_system_is_a_failure_to_create() {
 #[tokio::test]
 async fn the_worker_reports_a_full_file_system_and_recovers_when_space_returns() {
     let Some(fs_) = Tmpfs::mount("size=4m,mode=0700") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): full file system not tested");
+        services::missing("full file system", "the right to mount a tmpfs (root)");
         return;
     };
     let path = fs_.path().join("x.spool");

@@ -3,14 +3,17 @@
 //! `current_thread` tokio runtime. Every configuration problem becomes one line saying what is wrong and how to
 //! fix it ([`CliError::Usage`], exit 2); nothing here panics on user input.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::handler::{EchoHandler, ExecHandler, JobHandler};
+use crate::handler::celery::CeleryConfig;
+use crate::handler::{CELERY_BROKER_ENV_VAR, CeleryHandler, EchoHandler, ExecHandler, JobHandler};
 use crate::machine;
+use crate::ops::{HealthPolicy, HttpLimits, Ops, log::LogFormat};
 use crate::protocol::keys::{Hotkey, SEED_ENV_VAR, ss58_decode};
 use crate::reference::{self, FacilitatorConfig, JobPlan, Validators};
 use crate::runtime::{Client, ClientConfig, ConfigError};
@@ -20,31 +23,120 @@ mod error;
 
 pub use error::CliError;
 
-/// The `run` flags, as given (strings for durations so their errors can name the flag).
-#[derive(Debug, Clone, Default)]
+/// The `run` flags, as given (strings for durations and counts so their errors can name the flag). Every flag has
+/// a key of the same name in the `--config` TOML file (with `_` for `-`); flags win over the file, the file over the
+/// defaults. The doc comments are the `--help` text.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunOptions {
+    /// The facilitator's WebSocket URL (e.g. wss://facilitator.computehorde.io/ws/v0/).
+    #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// How jobs run: `echo` (accepted, then completed, at once: demos only), `exec:SHELL COMMAND` (run with `sh -c`
+    /// per job, the job JSON on stdin, JOB_UUID in the environment, status lines on stdout), or `celery` (handed to
+    /// the validator's Celery workers over Redis: see --celery-*). Default: echo.
+    #[arg(long, value_name = "echo|exec:COMMAND|celery")]
     pub handler: Option<String>,
+    /// An SS58 address whose signed job requests are accepted (repeatable). The client's own hotkey is always
+    /// trusted.
+    #[arg(long = "trusted-signer", value_name = "SS58")]
     pub trusted_signers: Vec<String>,
+    /// Seconds between heartbeats (V0Heartbeat + WebSocket Ping). Decimals allowed. Default: 20.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub heartbeat_interval: Option<String>,
+    /// Seconds a shutdown waits for running jobs and unacknowledged statuses. Default: 10.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub drain_timeout: Option<String>,
+    /// A silent peer (no frame, no Pong) is dead after this many seconds. Default: 2 x heartbeat interval.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub peer_timeout: Option<String>,
+    /// Seconds allowed for TCP, TLS, the WebSocket handshake and the auth reply. Default: 10.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub connect_timeout: Option<String>,
+    /// Seconds allowed for the close handshake after draining. Default: 2.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub close_timeout: Option<String>,
+    /// At most this many jobs run at once; a job request beyond that is answered rejected/busy at once, without
+    /// running anything. Default: 256.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_running_jobs: Option<String>,
+    /// Serve GET /metrics (Prometheus, OpenMetrics text) and GET /healthz on this address, e.g. 127.0.0.1:9464.
+    /// Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Log lines as `text` (default) or `json` (one object per line: ts, level, target, msg, and job_uuid, from,
+    /// to, reason where they apply).
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
+    /// A PEM file of certificate authorities to trust for wss:// besides the public ones (a staging or self-hosted
+    /// facilitator behind a private CA).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// With --handler celery: the validator's Redis broker URL, e.g. redis://127.0.0.1:6379/0. Better given in the
+    /// environment variable, so a password stays out of the process list. Never logged with its password.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = CELERY_BROKER_ENV_VAR,
+        hide_env_values = true
+    )]
+    pub celery_broker: Option<String>,
+    /// With --handler celery: the name of the validator's task that routes and runs one job (required).
+    #[arg(long, value_name = "NAME")]
+    pub celery_task: Option<String>,
+    /// With --handler celery: the Celery queue the task goes to. Default: organic_jobs.
+    #[arg(long, value_name = "NAME")]
+    pub celery_queue: Option<String>,
+    /// With --handler celery: seconds a job may take before it is reported horde_failed. Default: 600.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub celery_job_timeout: Option<String>,
+    /// With --handler celery: a task that receives each verified V0JobCheated report (one argument, the report as
+    /// a map). Without it reports are logged and counted.
+    #[arg(long, value_name = "NAME")]
+    pub celery_cheated_task: Option<String>,
+    /// Bittensor wallets directory. Default: ~/.bittensor/wallets.
+    #[arg(long, value_name = "DIR")]
     pub wallet_path: Option<PathBuf>,
+    /// Wallet name (the hotkey file is `<wallet-path>/<wallet-name>/hotkeys/<hotkey-name>`).
+    #[arg(long, value_name = "NAME")]
     pub wallet_name: Option<String>,
+    /// Hotkey name within the wallet.
+    #[arg(long, value_name = "NAME")]
     pub hotkey_name: Option<String>,
+    /// A TOML file with any of the settings above (keys like `url`, `heartbeat_interval = 20`,
+    /// `trusted_signers = [...]`); flags win over the file, the file over the defaults.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
 /// The `serve` flags.
-#[derive(Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ServeOptions {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
     pub listen: String,
+    /// Jobs to send to connected validators (0: none).
+    #[arg(long, value_name = "N", default_value_t = 10)]
     pub jobs: u64,
+    /// Seconds between jobs. Decimals allowed.
+    #[arg(long, value_name = "SECS", default_value = "1")]
     pub job_interval: String,
+    /// Accept only this validator hotkey (SS58; repeatable). Default: any hotkey whose signature verifies.
+    #[arg(long = "validator", value_name = "SS58")]
     pub validators: Vec<String>,
+    /// Serve wss:// with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The `demo` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoOptions {
+    /// Jobs to run.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub jobs: u64,
 }
 
 /// The TOML configuration file: the same settings as the flags.
@@ -61,6 +153,14 @@ struct FileConfig {
     connect_timeout: Option<f64>,
     close_timeout: Option<f64>,
     max_running_jobs: Option<usize>,
+    metrics_listen: Option<String>,
+    log_format: Option<String>,
+    ca_file: Option<PathBuf>,
+    celery_broker: Option<String>,
+    celery_task: Option<String>,
+    celery_queue: Option<String>,
+    celery_job_timeout: Option<f64>,
+    celery_cheated_task: Option<String>,
     wallet_path: Option<PathBuf>,
     wallet_name: Option<String>,
     hotkey_name: Option<String>,
@@ -73,10 +173,25 @@ struct FileConfig {
 pub struct RunPlan {
     /// The client's configuration.
     pub config: ClientConfig,
-    /// The handler description (`echo` or `exec:...`).
-    pub handler: String,
+    /// How jobs run.
+    pub handler: HandlerPlan,
     /// The hotkey.
     pub hotkey: Hotkey,
+    /// Where to serve /metrics and /healthz.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How log lines look.
+    pub log_format: LogFormat,
+}
+
+/// The job handler `run` builds (the Celery one needs the runtime, so it is built there).
+#[derive(Debug)]
+pub enum HandlerPlan {
+    /// `echo`.
+    Echo,
+    /// `exec:COMMAND`.
+    Exec(String),
+    /// `celery`.
+    Celery(Box<CeleryConfig>),
 }
 
 fn usage(message: impl Into<String>) -> CliError {
@@ -142,11 +257,64 @@ pub fn plan(options: RunOptions) -> Result<RunPlan, CliError> {
             "no facilitator URL: pass --url (e.g. --url wss://facilitator.computehorde.io/ws/v0/)",
         )
     })?;
+    let log_format = match options.log_format.as_ref().or(file.log_format.as_ref()) {
+        Some(text) => text
+            .parse::<LogFormat>()
+            .map_err(|e| usage(format!("--log-format: {e}")))?,
+        None => LogFormat::Text,
+    };
+    let metrics_listen = match options
+        .metrics_listen
+        .as_ref()
+        .or(file.metrics_listen.as_ref())
+    {
+        Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+            usage(format!(
+                "--metrics-listen must be an address like 127.0.0.1:9464, not {text:?}"
+            ))
+        })?),
+        None => None,
+    };
     let handler = options
         .handler
         .or(file.handler)
         .unwrap_or_else(|| "echo".to_owned());
-    parse_handler(&handler)?;
+    let handler = match handler.as_str() {
+        "celery" => {
+            let broker = options.celery_broker.or(file.celery_broker).ok_or_else(|| {
+                usage(format!(
+                    "--handler celery needs the validator's Redis broker: --celery-broker URL or {CELERY_BROKER_ENV_VAR}"
+                ))
+            })?;
+            let task = options.celery_task.or(file.celery_task).ok_or_else(|| {
+                usage("--handler celery needs --celery-task NAME: the validator's task that routes and runs a job")
+            })?;
+            let mut celery = CeleryConfig::new(broker, task);
+            if let Some(queue) = options.celery_queue.or(file.celery_queue) {
+                celery.queue = queue;
+            }
+            celery.job_timeout = duration(
+                "--celery-job-timeout",
+                &options.celery_job_timeout,
+                file.celery_job_timeout,
+                celery.job_timeout,
+            )?;
+            celery.cheated_task = options.celery_cheated_task.or(file.celery_cheated_task);
+            celery.validate().map_err(|e| usage(e.to_string()))?;
+            HandlerPlan::Celery(Box::new(celery))
+        }
+        other => {
+            if options.celery_task.is_some() || file.celery_task.is_some() {
+                return Err(usage(format!(
+                    "--celery-task is only for --handler celery (the handler is {other:?})"
+                )));
+            }
+            match parse_handler(other)? {
+                Some(command) => HandlerPlan::Exec(command),
+                None => HandlerPlan::Echo,
+            }
+        }
+    };
     let defaults = machine::Config::default();
     let heartbeat_interval = duration(
         "--heartbeat-interval",
@@ -214,6 +382,7 @@ pub fn plan(options: RunOptions) -> Result<RunPlan, CliError> {
         options.trusted_signers
     };
     config.handle_signals = true;
+    config.ca_file = options.ca_file.or(file.ca_file);
     if let Some(size) = file.max_message_size {
         if size < 1024 {
             return Err(usage(format!(
@@ -231,6 +400,8 @@ pub fn plan(options: RunOptions) -> Result<RunPlan, CliError> {
         config,
         handler,
         hotkey,
+        metrics_listen,
+        log_format,
     })
 }
 
@@ -267,30 +438,25 @@ fn default_wallet_path() -> Result<PathBuf, CliError> {
         .ok_or_else(|| usage("HOME is not set: pass --wallet-path"))
 }
 
-/// `echo` or `exec:COMMAND`.
-pub fn parse_handler(text: &str) -> Result<Arc<dyn JobHandler>, CliError> {
+/// `echo` (`None`) or `exec:COMMAND` (the command); anything else is a usage error naming the choices.
+fn parse_handler(text: &str) -> Result<Option<String>, CliError> {
     if text == "echo" {
-        return Ok(Arc::new(EchoHandler::new()));
+        return Ok(None);
     }
     match text.strip_prefix("exec:") {
-        Some(command) if !command.trim().is_empty() => {
-            Ok(Arc::new(ExecHandler::new(command.to_owned())))
-        }
+        Some(command) if !command.trim().is_empty() => Ok(Some(command.to_owned())),
         Some(_) => Err(usage(
             "--handler exec: needs a command, e.g. --handler 'exec:./run-job.sh'",
         )),
         None => Err(usage(format!(
-            "unknown --handler {text:?}: use `echo` or `exec:SHELL COMMAND`"
+            "unknown --handler {text:?}: use `echo`, `exec:SHELL COMMAND` or `celery`"
         ))),
     }
 }
 
-/// Installs the logger: `RUST_LOG` if set, else `default_level`.
-pub fn init_logging(default_level: &str) {
-    let env = env_logger::Env::default().default_filter_or(default_level);
-    let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_millis()
-        .try_init();
+/// Installs the logger: `RUST_LOG` if set, else `default_level`; text or JSON lines.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    crate::ops::log::init(format, default_level);
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -303,21 +469,49 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 /// `facilitator-client run`: returns the exit code.
 pub fn run(options: RunOptions) -> Result<u8, CliError> {
     let plan = plan(options)?;
-    init_logging("info");
-    let handler = parse_handler(&plan.handler)?;
-    if plan.handler == "echo" {
-        log::warn!(
-            "using the echo handler: every job is reported completed without running anything"
-        );
-    }
+    init_logging(plan.log_format, "info");
     let runtime = runtime()?;
     runtime.block_on(async move {
-        let client = Client::new(plan.config, plan.hotkey, handler).map_err(|e| match e {
+        let handler: Arc<dyn JobHandler> = match plan.handler {
+            HandlerPlan::Echo => {
+                log::warn!(
+                    "using the echo handler: every job is reported completed without running anything"
+                );
+                Arc::new(EchoHandler::new())
+            }
+            HandlerPlan::Exec(command) => Arc::new(ExecHandler::new(command)),
+            HandlerPlan::Celery(celery) => {
+                log::info!(
+                    "handing jobs to Celery task {} on queue {} through {}",
+                    celery.task,
+                    celery.queue,
+                    celery.redacted_broker()
+                );
+                Arc::new(CeleryHandler::start(*celery).map_err(|e| usage(e.to_string()))?)
+            }
+        };
+        let backoff_cap = plan.config.machine.backoff.cap;
+        let mut client = Client::new(plan.config, plan.hotkey, handler).map_err(|e| match e {
             ConfigError::Signals(e) => {
                 CliError::Fatal(format!("cannot install the signal handlers: {e}"))
             }
             other => usage(other.to_string()),
         })?;
+        if let Some(addr) = plan.metrics_listen {
+            let ops = Ops::new(
+                client.metrics(),
+                HealthPolicy::for_backoff_cap(backoff_cap),
+                std::time::Instant::now(),
+            );
+            client.observe(Arc::new(ops.clone()));
+            let server = ops
+                .bind(addr, HttpLimits::default())
+                .await
+                .map_err(|e| usage(format!("--metrics-listen: cannot listen on {addr}: {e}")))?;
+            let bound = server.local_addr().unwrap_or(addr);
+            log::info!("serving /metrics and /healthz on http://{bound}");
+            tokio::spawn(server.run());
+        }
         let outcome = client
             .run()
             .await
@@ -359,11 +553,20 @@ pub fn serve(options: ServeOptions) -> Result<u8, CliError> {
             .collect::<Result<Vec<_>, _>>()?;
         Validators::Listed(keys)
     };
-    init_logging("info");
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            reference::tls_config_from_files(cert, key)
+                .map_err(|e| usage(format!("--tls-cert/--tls-key: {e}")))?,
+        ),
+        (None, None) => None,
+        _ => return Err(usage("--tls-cert and --tls-key go together")),
+    };
+    init_logging(LogFormat::Text, "info");
     let config = FacilitatorConfig {
         listen,
         validators,
         jobs: JobPlan::count(options.jobs).every(interval),
+        tls,
         ..FacilitatorConfig::default()
     };
     runtime()?.block_on(reference::serve(config)).map_err(|e| {
@@ -374,11 +577,12 @@ pub fn serve(options: ServeOptions) -> Result<u8, CliError> {
 
 /// `facilitator-client demo`: the reference facilitator and the client on loopback, jobs through the echo
 /// handler, one dropped connection, then a graceful stop as if Ctrl-C were pressed; a timeline and a summary.
-pub fn demo(jobs: u64) -> Result<u8, CliError> {
+pub fn demo(options: DemoOptions) -> Result<u8, CliError> {
+    let jobs = options.jobs;
     if jobs == 0 {
         return Err(usage("--jobs must be at least 1"));
     }
-    init_logging("warn");
+    init_logging(LogFormat::Text, "warn");
     runtime()?.block_on(demo::run(
         jobs,
         std::io::IsTerminal::is_terminal(&std::io::stdout()),

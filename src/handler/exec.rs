@@ -43,7 +43,7 @@ use crate::spool::HandlerRecord;
 use super::{BoxFuture, ClientStopped, JobHandler, StatusSender};
 
 /// How much of each of stdout and stderr a job's result keeps by default: 64 KiB.
-pub const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
+pub(super) const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
 
 /// The longest stdout line that is still read as a status line: one frame's worth (a longer status could never
 /// be sent). Longer lines are output.
@@ -75,7 +75,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 ///   `execution`, the exit code, or null when a signal killed the shell, and the captured output).
 /// - A shell that cannot be started gives `horde_failed` (`reported_by: validator`, `generic_error`).
 /// - Captured output is stdout's lines that were not forwarded as statuses, and stderr; each keeps its first and
-///   last halves of [`DEFAULT_MAX_OUTPUT`] (or [`ExecHandler::with_max_output`]) with a note of how much was left
+///   last halves of 64 KiB (or [`ExecHandler::with_max_output`]) with a note of how much was left
 ///   out between them.
 ///
 /// Dropping the job's future kills the whole process group (SIGKILL), grandchildren included.
@@ -109,7 +109,7 @@ impl ExecHandler {
     }
 
     /// Keeps at most about `bytes` of each of stdout and stderr in a job's result (default
-    /// [`DEFAULT_MAX_OUTPUT`]).
+    /// 64 KiB).
     pub fn with_max_output(mut self, bytes: usize) -> Self {
         self.max_output = bytes;
         self
@@ -128,6 +128,7 @@ impl ExecHandler {
             .env("JOB_UUID", uuid)
             // Jobs run other people's work: the validator's secrets stay with the client.
             .env_remove(crate::protocol::keys::SEED_ENV_VAR)
+            .env_remove(super::CELERY_BROKER_ENV_VAR)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -18,14 +18,18 @@ use crate::spool::HandlerRecord;
 
 #[cfg(feature = "celery")]
 pub mod celery;
-pub mod echo;
-pub mod exec;
+mod echo;
+mod exec;
 pub mod orphans;
 
 #[cfg(feature = "celery")]
 pub use celery::CeleryHandler;
 pub use echo::EchoHandler;
 pub use exec::ExecHandler;
+
+/// The environment variable that may hold the Celery broker URL (with its password): read by the program, never
+/// passed on to a job's process.
+pub const CELERY_BROKER_ENV_VAR: &str = "FACILITATOR_CELERY_BROKER";
 
 /// A boxed, sendable future, as handlers return.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;

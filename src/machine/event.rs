@@ -446,7 +446,7 @@ fn write_peer_closed(f: &mut fmt::Formatter<'_>, code: Option<u16>) -> fmt::Resu
     }
 }
 
-/// What ended the run (the `cause` of [`Reason::Stopped`]); [`StopReason`] is the outcome it leads to.
+/// What ended the run (the `cause` of [`Reason::Stopped`]); [`super::StopReason`] is the outcome it leads to.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum StopCause {
@@ -481,53 +481,5 @@ impl fmt::Display for StopCause {
             StopCause::CloseHandshakeCompleted => f.write_str("close handshake completed"),
             StopCause::NoCloseReply => f.write_str("no close reply within the close timeout"),
         }
-    }
-}
-
-/// Why the machine stopped. Decides the program's exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum StopReason {
-    /// Shutdown requested; everything was delivered and the connection closed cleanly.
-    Graceful,
-    /// Shutdown requested; the drain deadline passed with jobs or statuses left.
-    DrainTimedOut,
-    /// Shutdown requested while not connected: stopped at once.
-    ShutdownWhileDisconnected,
-    /// Shutdown requested; the connection was lost while draining.
-    ConnectionLostWhileDraining,
-    /// Second signal: stopped at once.
-    Forced,
-    /// The facilitator rejected the hotkey's signature (`auth.signature_invalid`, close 3000): fatal.
-    AuthRejected,
-}
-
-impl StopReason {
-    /// The program's exit code for this reason: 0 for a requested stop, 130 forced, 1 fatal.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            StopReason::Graceful
-            | StopReason::DrainTimedOut
-            | StopReason::ShutdownWhileDisconnected
-            | StopReason::ConnectionLostWhileDraining => 0,
-            StopReason::Forced => 130,
-            StopReason::AuthRejected => 1,
-        }
-    }
-}
-
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StopReason::Graceful => "graceful",
-            StopReason::DrainTimedOut => "drain timed out",
-            StopReason::ShutdownWhileDisconnected => "shutdown while disconnected",
-            StopReason::ConnectionLostWhileDraining => "connection lost while draining",
-            StopReason::Forced => "forced",
-            StopReason::AuthRejected => {
-                "the facilitator rejected this hotkey's signature (auth.signature_invalid): \
-                 check --wallet-name/--hotkey-name or FACILITATOR_HOTKEY_SEED"
-            }
-        })
     }
 }

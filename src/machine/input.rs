@@ -6,12 +6,13 @@ use std::sync::Arc;
 use crate::protocol::{ClientMessage, DecodeError, JobRequest, JobStatusUpdate, ServerMessage};
 use crate::spool::{HandlerRecord, SpoolBatch};
 
-use super::event::{Event, StopReason};
+use super::event::Event;
+use super::state::StopReason;
 
 /// Everything that can happen to the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// The deadline from [`Machine::poll_timeout`] passed.
+    /// The deadline from [`super::Machine::poll_timeout`] passed.
     Tick,
     /// The WebSocket handshake completed (after `Action::Open`).
     SocketOpened,
@@ -68,19 +69,33 @@ pub enum Incoming {
 /// The input kinds, as named in `states/transitions.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InputKind {
+    /// [`Input::Tick`].
     Tick,
+    /// [`Input::SocketOpened`].
     SocketOpened,
+    /// [`Input::SocketFailed`].
     SocketFailed,
+    /// [`Input::Frame`].
     Frame,
+    /// [`Input::Undecodable`].
     Undecodable,
+    /// [`Input::Pong`].
     Pong,
+    /// [`Input::Frames`].
     Frames,
+    /// [`Input::SocketClosed`].
     SocketClosed,
+    /// [`Input::Status`].
     Status,
+    /// [`Input::JobFinished`].
     JobFinished,
+    /// [`Input::JobAttached`].
     JobAttached,
+    /// [`Input::Persisted`].
     Persisted,
+    /// [`Input::Shutdown`].
     Shutdown,
+    /// [`Input::ForceStop`].
     ForceStop,
 }
 
@@ -182,15 +197,25 @@ pub enum Action {
 /// The action kinds, as named in `states/transitions.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ActionKind {
+    /// [`Action::Open`].
     Open,
+    /// [`Action::Send`].
     Send,
+    /// [`Action::Ping`].
     Ping,
+    /// [`Action::Close`].
     Close,
+    /// [`Action::Abort`].
     Abort,
+    /// [`Action::Dispatch`].
     Dispatch,
+    /// [`Action::CancelJobs`].
     CancelJobs,
+    /// [`Action::Emit`].
     Emit,
+    /// [`Action::Persist`].
     Persist,
+    /// [`Action::Stop`].
     Stop,
 }
 

@@ -6,7 +6,7 @@
 //! signature checks and the counters.
 //!
 //! It must never do I/O, read the clock, spawn, or sleep: that is what makes it testable on simulated time,
-//! fuzzable and embeddable. Every change of state goes through [`Machine::transition`], which emits one
+//! fuzzable and embeddable. Every change of state goes through one function (`Machine::transition`), which emits one
 //! [`Event::StateChanged`]. `states/transitions.json` is the table of what each (state, input) pair may do, and the
 //! tests hold this code to it.
 //!
@@ -34,10 +34,10 @@ pub use config::{Config, ConfigError, MAX_DURATION};
 pub use counters::Counters;
 use durability::Durability;
 pub use durability::{SPOOL_RETRY_BASE, SPOOL_RETRY_CAP};
-pub use event::{ConnectFailure, Event, Ignored, LinkLoss, Reason, StopCause, StopReason};
+pub use event::{ConnectFailure, Event, Ignored, LinkLoss, Reason, StopCause};
 pub use input::{Action, ActionKind, Incoming, Input, InputKind};
 use outbox::Outbox;
-pub use state::{ConnectPhase, DrainPhase, Link, State, StateKind, Timer};
+pub use state::{ConnectPhase, DrainPhase, Link, State, StateKind, StopReason, Timer};
 
 use crate::protocol::JobRequest as Job;
 use crate::protocol::{

@@ -4,8 +4,6 @@
 use std::fmt;
 use std::time::Instant;
 
-use super::event::StopReason;
-
 /// Where the machine is. Only the states that need data carry it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
@@ -174,10 +172,15 @@ pub enum DrainPhase {
 /// The five state kinds, as named in `states/transitions.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StateKind {
+    /// [`State::Disconnected`].
     Disconnected,
+    /// [`State::Connecting`].
     Connecting,
+    /// [`State::Running`].
     Running,
+    /// [`State::Draining`].
     Draining,
+    /// [`State::Stopped`].
     Stopped,
 }
 
@@ -237,5 +240,53 @@ impl State {
     /// Whether the machine has stopped.
     pub fn is_stopped(&self) -> bool {
         matches!(self, State::Stopped { .. })
+    }
+}
+
+/// Why the machine stopped. Decides the program's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Shutdown requested; everything was delivered and the connection closed cleanly.
+    Graceful,
+    /// Shutdown requested; the drain deadline passed with jobs or statuses left.
+    DrainTimedOut,
+    /// Shutdown requested while not connected: stopped at once.
+    ShutdownWhileDisconnected,
+    /// Shutdown requested; the connection was lost while draining.
+    ConnectionLostWhileDraining,
+    /// Second signal: stopped at once.
+    Forced,
+    /// The facilitator rejected the hotkey's signature (`auth.signature_invalid`, close 3000): fatal.
+    AuthRejected,
+}
+
+impl StopReason {
+    /// The program's exit code for this reason: 0 for a requested stop, 130 forced, 1 fatal.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            StopReason::Graceful
+            | StopReason::DrainTimedOut
+            | StopReason::ShutdownWhileDisconnected
+            | StopReason::ConnectionLostWhileDraining => 0,
+            StopReason::Forced => 130,
+            StopReason::AuthRejected => 1,
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StopReason::Graceful => "graceful",
+            StopReason::DrainTimedOut => "drain timed out",
+            StopReason::ShutdownWhileDisconnected => "shutdown while disconnected",
+            StopReason::ConnectionLostWhileDraining => "connection lost while draining",
+            StopReason::Forced => "forced",
+            StopReason::AuthRejected => {
+                "the facilitator rejected this hotkey's signature (auth.signature_invalid): \
+                 check --wallet-name/--hotkey-name or FACILITATOR_HOTKEY_SEED"
+            }
+        })
     }
 }

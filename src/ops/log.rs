@@ -147,7 +147,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-pub(crate) use crate::runtime::ratelimit::{RateLimiter, suppressed_note};
+pub(crate) use crate::ratelimit::{RateLimiter, suppressed_note};
 
 #[cfg(test)]
 mod tests {

@@ -147,8 +147,8 @@ pub struct SpoolStatus {
 }
 
 /// Status updates never delivered: refused by the facilitator (not retried), plus, once stopped, what was left
-/// in the outbox. (When the machine counts `jobs_unanswered` (a rejection not queued because the outbox was full),
-/// add it here: those answers were never delivered either.)
+/// in the outbox. (Job requests left unanswered because the outbox was full are counted apart, as the jobs
+/// outcome `unanswered`: no status was ever made for them.)
 pub fn statuses_undelivered(metrics: &Metrics) -> u64 {
     let left = if metrics.state == StateKind::Stopped {
         (metrics.outbox_queued + metrics.in_flight) as u64
@@ -541,6 +541,12 @@ fn encode_client(encoder: &mut DescriptorEncoder, view: &ScrapeView) -> Result<(
             "Status updates never delivered: refused, or left unacknowledged at the stop",
             statuses_undelivered(m),
         ),
+        (
+            "statuses_dropped_late",
+            "Job handlers' statuses dropped because their job had already ended (terminal status reported, or \
+             cancelled)",
+            c.statuses_dropped_late,
+        ),
         ("heartbeats", "Heartbeats sent", c.heartbeats),
         (
             "unexpected_responses",
@@ -586,6 +592,7 @@ fn encode_client(encoder: &mut DescriptorEncoder, view: &ScrapeView) -> Result<(
             ("accepted", c.jobs_accepted),
             ("duplicate", c.jobs_duplicate),
             ("cancelled", c.jobs_cancelled),
+            ("unanswered", c.jobs_unanswered),
         ]
         .map(|(l, v)| (l, ConstCounter::new(v))),
     )?;
@@ -598,8 +605,8 @@ fn encode_client(encoder: &mut DescriptorEncoder, view: &ScrapeView) -> Result<(
         [
             ("invalid_signature", c.jobs_rejected_signature),
             ("draining", c.jobs_rejected_busy),
+            ("full", c.jobs_rejected_full),
             ("invalid_request", c.jobs_rejected_invalid),
-            // With the intake bound: ("full", c.jobs_rejected_full),
         ]
         .map(|(l, v)| (l, ConstCounter::new(v))),
     )?;

@@ -337,7 +337,7 @@ impl JobRequestFields {
         })
     }
 
-    /// The top-level object as the facilitator writes it: every key of [`WIRE_KEYS`] in that order, nulls written
+    /// The top-level object as the facilitator writes it: every key of `WIRE_KEYS` in that order, nulls written
     /// out, volumes and uploads in canonical form.
     pub fn to_value(&self) -> Value {
         let mut map = Map::new();
@@ -834,7 +834,7 @@ pub enum ZipUpload {
     },
 }
 
-/// Upload of one output file. Unknown keys are ignored. `relative_path` is checked (see [`check_relative_path`]).
+/// Upload of one output file. Unknown keys are ignored. `relative_path` is checked (no leading `/`, no `..`, no empty component).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SingleFileUpload {
     /// `single_file_post`.

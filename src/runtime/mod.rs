@@ -15,7 +15,6 @@
 //! loop) and feeds each commit's report back as `Persisted` through one more branch.
 
 pub(crate) mod metrics;
-pub(crate) mod ratelimit;
 #[cfg(feature = "spool")]
 pub(crate) mod spool;
 pub(crate) mod transport;
@@ -44,7 +43,7 @@ use crate::protocol::{
     DecodeError, HordeFailureReason, JobRejectionReason, JobStatusUpdate, TrustedSigners,
     decode_server_frame,
 };
-use ratelimit::{RateLimiter, suppressed_note};
+use crate::ratelimit::{RateLimiter, suppressed_note};
 
 pub use metrics::{Metrics, MetricsHandle, Peaks, SpoolMetrics, SpoolSummary};
 pub(crate) use transport::Endpoint;
@@ -72,10 +71,6 @@ pub struct ClientConfig {
     /// A PEM file of extra certificate authorities trusted for `wss://`, on top of the public roots (for a
     /// staging or self-hosted facilitator behind a private CA).
     pub ca_file: Option<PathBuf>,
-    /// Keep what the operations endpoints serve (Prometheus metrics with timings, the health check): see
-    /// [`Client::ops`]. Off by default: it costs a little per input.
-    #[cfg(feature = "ops")]
-    pub operations: bool,
     /// The spool file (`None`, the default: everything is kept in memory only). With a spool, unacknowledged
     /// statuses and running jobs survive a crash: [`Client::new`] opens it (creating it, owner-only, if missing;
     /// see [`crate::spool::Spool::open`]) and the machine's `durable` setting follows this one. The program's
@@ -98,8 +93,6 @@ impl Default for ClientConfig {
             runner_version: version.clone(),
             validator_version: version,
             ca_file: None,
-            #[cfg(feature = "ops")]
-            operations: false,
             #[cfg(feature = "spool")]
             spool: None,
         }
@@ -218,11 +211,19 @@ pub struct Client {
     shutdown: ShutdownHandle,
     events: broadcast::Sender<Event>,
     metrics: MetricsHandle,
-    #[cfg(feature = "ops")]
-    ops: Option<crate::ops::Ops>,
+    observers: Vec<Arc<dyn Observer>>,
     /// The opened spool and what it held, until the run takes them.
     #[cfg(feature = "spool")]
     spool: Option<crate::spool::OpenedSpool>,
+}
+
+/// Sees what the loop feeds the machine and what the machine asks for: the hook for measuring and monitoring a
+/// run from outside without changing it. See [`Client::observe`].
+pub trait Observer: Send + Sync {
+    /// The loop is about to step the machine with `input` at `now`.
+    fn on_input(&self, input: &Input, now: std::time::Instant);
+    /// The machine returned `action` at `now` (called for each, in order, as it is carried out).
+    fn on_action(&self, action: &Action, now: std::time::Instant);
 }
 
 impl Client {
@@ -253,14 +254,6 @@ impl Client {
         let signers = TrustedSigners::new(hotkey.public_key(), &config.trusted_signers)?;
         let (requests, _) = watch::channel(0);
         let metrics = MetricsHandle::default();
-        #[cfg(feature = "ops")]
-        let ops = config.operations.then(|| {
-            crate::ops::Ops::new(
-                metrics.clone(),
-                crate::ops::HealthPolicy::for_backoff_cap(config.machine.backoff.cap),
-                std::time::Instant::now(),
-            )
-        });
         Ok(Client {
             config,
             endpoint,
@@ -272,8 +265,7 @@ impl Client {
             },
             events: broadcast::channel(1024).0,
             metrics,
-            #[cfg(feature = "ops")]
-            ops,
+            observers: Vec::new(),
             #[cfg(feature = "spool")]
             spool,
         })
@@ -285,11 +277,11 @@ impl Client {
         self.spool.as_ref().map(|s| s.spool.path())
     }
 
-    /// The operations hub (Prometheus metrics, health): serve [`crate::ops::Ops::routes`] with
-    /// [`crate::ops::Ops::bind`]. `None` unless [`ClientConfig::operations`] is set.
-    #[cfg(feature = "ops")]
-    pub fn ops(&self) -> Option<crate::ops::Ops> {
-        self.ops.clone()
+    /// Adds an observer that sees every input and action of the run, in order (for example the operations hub,
+    /// `ops::Ops`, which measures timings for the Prometheus metrics and tracks health). Observers are called on
+    /// the loop: they must be quick and never block.
+    pub fn observe(&mut self, observer: Arc<dyn Observer>) {
+        self.observers.push(observer);
     }
 
     /// A handle that requests a shutdown.
@@ -603,9 +595,8 @@ impl Loop {
                     Input::JobFinished(uuid)
                 }
             };
-            #[cfg(feature = "ops")]
-            if let Some(ops) = &self.client.ops {
-                ops.on_input(&input, now.into_std());
+            for observer in &self.client.observers {
+                observer.on_input(&input, now.into_std());
             }
             let actions = self.machine.step(input, now.into_std());
             if let Some(reason) = self.execute(actions, now) {
@@ -709,9 +700,8 @@ impl Loop {
     fn execute(&mut self, actions: Vec<Action>, now: Instant) -> Option<StopReason> {
         let mut stopped = None;
         for action in actions {
-            #[cfg(feature = "ops")]
-            if let Some(ops) = &self.client.ops {
-                ops.on_action(&action, now.into_std());
+            for observer in &self.client.observers {
+                observer.on_action(&action, now.into_std());
             }
             match action {
                 Action::Open => self
@@ -777,17 +767,10 @@ impl Loop {
             .update(&self.machine, self.batch_peak, self.socket.backlog());
         #[cfg(feature = "spool")]
         if let Some(driver) = &self.spool {
-            let spool = driver.metrics(&self.machine, now.into_std());
-            #[cfg(feature = "ops")]
-            if let Some(ops) = &self.client.ops {
-                ops.set_spool(Some(crate::ops::SpoolStatus {
-                    bytes: spool.bytes.unwrap_or(0),
-                    entries: (spool.statuses + spool.jobs) as u64,
-                    staleness: Some(spool.stale_for),
-                    errors: spool.errors,
-                }));
-            }
-            self.client.metrics.set_spool(spool);
+            // The operations hub reads these from the metrics at scrape time.
+            self.client
+                .metrics
+                .set_spool(driver.metrics(&self.machine, now.into_std()));
         }
         stopped
     }
@@ -926,13 +909,32 @@ fn log_event(event: &Event, warnings: &mut RateLimiter, now: Instant) {
     if !log::log_enabled!(level) {
         return;
     }
-    match flood_kind {
-        None => log::log!(level, "{event}"),
-        Some(kind) => {
-            if let Some(held) = warnings.check(kind, now.into_std()) {
-                log::log!(level, "{event}{}", suppressed_note(held));
-            }
-        }
+    let note = match flood_kind {
+        None => String::new(),
+        Some(kind) => match warnings.check(kind, now.into_std()) {
+            Some(held) => suppressed_note(held),
+            None => return,
+        },
+    };
+    // The structured fields JSON logs carry as keys (text logs show only the message).
+    match event {
+        Event::StateChanged { from, to, reason } => log::log!(
+            level,
+            from = from.as_str(),
+            to = to.as_str(),
+            reason:% = reason;
+            "{event}{note}"
+        ),
+        Event::JobRejected { uuid, reason, .. } => log::log!(
+            level,
+            job_uuid = uuid.as_str(),
+            reason:% = reason;
+            "{event}{note}"
+        ),
+        _ => match event.job_uuid() {
+            Some(uuid) => log::log!(level, job_uuid = uuid; "{event}{note}"),
+            None => log::log!(level, "{event}{note}"),
+        },
     }
 }
 

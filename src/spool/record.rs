@@ -299,6 +299,14 @@ mod tests {
     }
 
     proptest! {
+        // Failures are kept beside this file (src/spool/record.proptest-regressions), not in a folder at the top.
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::SourceParallel("proptest-regressions"),
+            )),
+            ..ProptestConfig::default()
+        })]
+
         #[test]
         fn merging_queued_batches_commits_what_applying_them_in_turn_would(
             start in content_strategy(),

@@ -31,7 +31,7 @@ use super::message::result_key;
 use super::status::{
     self, CHANNEL_PATTERN, ResultMeta, Whereabouts, decode_status_message, job_uuid_of_channel,
 };
-use crate::runtime::ratelimit::{RateLimiter, suppressed_note};
+use crate::ratelimit::{RateLimiter, suppressed_note};
 
 /// Most non-terminal statuses forwarded for one job (a real job has at most five); more are dropped and counted,
 /// so a task that floods its channel cannot grow the client's memory. The terminal status always gets through.

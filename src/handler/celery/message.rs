@@ -24,7 +24,7 @@ const ARGSREPR_MAX: usize = 1024;
 
 /// One task message ready to be LPUSHed: its id, the queue's key and the envelope's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskMessage {
+pub(super) struct TaskMessage {
     /// The Celery task id (a fresh v4 UUID): the result lands in `celery-task-meta-<task_id>`.
     pub task_id: String,
     /// kombu's delivery tag: the message's key in the `unacked` hash while a worker holds it unstarted.
@@ -37,7 +37,7 @@ pub struct TaskMessage {
 
 /// What goes into one task message, apart from its ids.
 #[derive(Debug, Clone, Copy)]
-pub struct TaskSpec<'a> {
+pub(super) struct TaskSpec<'a> {
     /// The registered task name, e.g. `compute_horde_validator.validator.tasks.execute_organic_job`.
     pub task: &'a str,
     /// The queue (and routing key), e.g. `organic_jobs`.
@@ -113,7 +113,12 @@ impl TaskMessage {
     ///
     /// `spec.argument_json` must be one JSON value; it is not checked here (the job request's text was parsed
     /// when it arrived).
-    pub fn build(spec: &TaskSpec<'_>, task_id: &str, delivery_tag: &str, reply_to: &str) -> Self {
+    pub(super) fn build(
+        spec: &TaskSpec<'_>,
+        task_id: &str,
+        delivery_tag: &str,
+        reply_to: &str,
+    ) -> Self {
         let body = format!("[[{}], {{}}, {EMBED}]", spec.argument_json);
         let argsrepr = match serde_json::from_str::<Value>(spec.argument_json) {
             Ok(value) => args_repr(&value),
@@ -177,7 +182,7 @@ impl TaskMessage {
 }
 
 /// The Redis key of a task's result in Celery's Redis result backend.
-pub fn result_key(task_id: &str) -> String {
+pub(super) fn result_key(task_id: &str) -> String {
     format!("celery-task-meta-{task_id}")
 }
 
@@ -189,7 +194,7 @@ pub fn result_key(task_id: &str) -> String {
 /// let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
 /// assert_eq!(iso8601_utc(t), "2023-11-14T22:13:20.123456+00:00");
 /// ```
-pub fn iso8601_utc(time: SystemTime) -> String {
+pub(super) fn iso8601_utc(time: SystemTime) -> String {
     // Times before 1970 do not occur here (the clock of a running validator); they print as the epoch.
     let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since.as_secs();

@@ -1,10 +1,10 @@
 //! The `celery` job handler: hands each job to the validator's own Celery workers over Redis and relays the status
 //! updates they publish.
 //!
-//! For each job it LPUSHes a Celery protocol-2 task message (kombu's Redis envelope, [`message`]) onto the queue,
+//! For each job it LPUSHes a Celery protocol-2 task message (kombu's Redis envelope, in `message.rs`) onto the queue,
 //! naming the configured task with one argument, the job request exactly as received; the task routes and runs the
 //! job and publishes every status update on the Redis pub/sub channel `job_status_updates__<uuid>` through
-//! channels_redis (msgpack, [`status`]); the handler forwards them until the terminal one. The task's Celery result
+//! channels_redis (msgpack, in `status.rs`); the handler forwards them until the terminal one. The task's Celery result
 //! (`celery-task-meta-<task id>`) carries its terminal status, for jobs whose updates were missed (a Redis gap, a
 //! client restart), and says when a task failed without one. One background task (module `driver`) owns the
 //! subscription, the registry of running jobs, result reads and timeouts.
@@ -31,8 +31,8 @@ use super::{BoxFuture, JobHandler, StatusSender};
 
 pub mod config;
 mod driver;
-pub mod message;
-pub mod status;
+mod message;
+mod status;
 
 pub use config::{CeleryConfig, CeleryConfigError, redact_url};
 

@@ -16,13 +16,13 @@ use serde_json::{Map, Value};
 use crate::protocol::{HordeFailureReason, JobStatus, JobStatusUpdate};
 
 /// The pub/sub channel prefix the validator's workers publish a job's status updates under.
-pub const CHANNEL_PREFIX: &str = "job_status_updates__";
+pub(super) const CHANNEL_PREFIX: &str = "job_status_updates__";
 
 /// The pattern the handler subscribes to (PSUBSCRIBE): every job's status channel.
-pub const CHANNEL_PATTERN: &str = "job_status_updates__*";
+pub(super) const CHANNEL_PATTERN: &str = "job_status_updates__*";
 
 /// The job UUID of a status channel name, if it is one.
-pub fn job_uuid_of_channel(channel: &str) -> Option<&str> {
+pub(super) fn job_uuid_of_channel(channel: &str) -> Option<&str> {
     channel
         .strip_prefix(CHANNEL_PREFIX)
         .filter(|uuid| !uuid.is_empty())
@@ -30,7 +30,7 @@ pub fn job_uuid_of_channel(channel: &str) -> Option<&str> {
 
 /// Why a pub/sub message is not a status update.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StatusMessageError {
+pub(super) enum StatusMessageError {
     /// Not msgpack, or not a map with a `payload`.
     #[error("not a channels_redis message (msgpack map with `type` and `payload`): {0}")]
     Envelope(String),
@@ -66,7 +66,7 @@ struct ChannelEnvelope {
 ///
 /// The payload's `message_type` (written by `model_dump`) must be `V0JobStatusUpdate` when present; `metadata`
 /// `null` becomes the empty metadata (always an object on the wire to the facilitator).
-pub fn decode_status_message(
+pub(super) fn decode_status_message(
     channel_uuid: &str,
     data: &[u8],
 ) -> Result<JobStatusUpdate, StatusMessageError> {
@@ -92,7 +92,7 @@ pub fn decode_status_message(
 }
 
 /// A `JobStatusUpdate.model_dump()` map (with or without `message_type`) as the crate's status update.
-pub fn status_update_from_value(value: Value) -> Result<JobStatusUpdate, String> {
+pub(super) fn status_update_from_value(value: Value) -> Result<JobStatusUpdate, String> {
     let Value::Object(mut map) = value else {
         return Err(format!("expected a map, found {}", kind_of(&value)));
     };
@@ -121,7 +121,7 @@ fn kind_of(value: &Value) -> &'static str {
 
 /// A task's entry in Celery's Redis result backend (`celery-task-meta-<task id>`), as far as the handler reads it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ResultMeta {
+pub(super) struct ResultMeta {
     /// `PENDING` is never stored; `STARTED` only with `track_started`; `SUCCESS`, `FAILURE` and `REVOKED` are final.
     pub status: String,
     /// The task's return value (`SUCCESS`) or `{exc_type, exc_message, exc_module}` (`FAILURE`, `REVOKED`).
@@ -134,17 +134,17 @@ pub struct ResultMeta {
 
 impl ResultMeta {
     /// Parses the stored JSON.
-    pub fn parse(data: &[u8]) -> Result<ResultMeta, String> {
+    pub(super) fn parse(data: &[u8]) -> Result<ResultMeta, String> {
         serde_json::from_slice(data).map_err(|e| format!("not a Celery result: {e}"))
     }
 
     /// Whether the task has ended (Celery's `READY_STATES`).
-    pub fn is_ready(&self) -> bool {
+    pub(super) fn is_ready(&self) -> bool {
         matches!(self.status.as_str(), "SUCCESS" | "FAILURE" | "REVOKED")
     }
 
     /// `exc_type: message` of a failure or revocation, as Python would print the exception.
-    pub fn exception(&self) -> Option<(String, String)> {
+    pub(super) fn exception(&self) -> Option<(String, String)> {
         let Value::Object(map) = &self.result else {
             return None;
         };
@@ -168,7 +168,7 @@ fn text_of(value: &Value) -> String {
 
 /// Where a task was when its job ran out of time without a terminal status or a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Whereabouts {
+pub(super) enum Whereabouts {
     /// Its message was still in the queue (the handler removed it, so it will never run): no worker took it.
     InQueue,
     /// A worker had reserved it (prefetched, kombu's `unacked` hash) but not started it; that worker will mark it
@@ -183,7 +183,11 @@ pub enum Whereabouts {
 /// The terminal status for a job whose task's result is ready but which published no terminal status the handler
 /// saw: the result's own terminal status (the contract's return value) when it has one, else `horde_failed`
 /// saying what the result says.
-pub fn terminal_from_result(uuid: &str, task_id: &str, meta: &ResultMeta) -> JobStatusUpdate {
+pub(super) fn terminal_from_result(
+    uuid: &str,
+    task_id: &str,
+    meta: &ResultMeta,
+) -> JobStatusUpdate {
     let context = |extra: &[(&str, Value)]| {
         let mut map = Map::new();
         map.insert("celery_task_id".into(), task_id.into());
@@ -254,7 +258,7 @@ pub fn terminal_from_result(uuid: &str, task_id: &str, meta: &ResultMeta) -> Job
 }
 
 /// The terminal status for a job that reached its timeout with neither a terminal status nor a final result.
-pub fn terminal_at_timeout(
+pub(super) fn terminal_at_timeout(
     uuid: &str,
     task_id: &str,
     timeout: Duration,
