@@ -92,8 +92,12 @@ impl std::fmt::Display for Orphans {
 ///   exited before this start: rare, and checked as far as the record allows, as every member must have started
 ///   at or after the job's leader; otherwise nothing is signalled.
 pub fn kill_orphaned_group(pgid: i32, start_time: u64) -> io::Result<Orphans> {
-    // Never 0 or 1 (our own group, every process), nor anything a valid record cannot hold.
-    let Some(group) = Pid::from_raw(pgid).filter(|_| pgid > 1) else {
+    // Never 0 or 1 (our own group, every process), nor a negative number a valid record cannot hold (checked
+    // before `Pid::from_raw`, which asserts a pid is not negative).
+    if pgid <= 1 {
+        return Ok(Orphans::NotTheJobs);
+    }
+    let Some(group) = Pid::from_raw(pgid) else {
         return Ok(Orphans::NotTheJobs);
     };
     let members: Vec<ProcStat> = match proc_stat(pgid) {
