@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use facilitator_client::protocol::keys::Hotkey;
+use facilitator_client::protocol::keys::{self, Hotkey};
 use facilitator_client::protocol::{
     JobRequest, JobRequestFields, JobSignatureError, ServerMessage, TrustedSigners,
     decode_server_frame, testing,
@@ -121,6 +121,59 @@ fn a_forged_job_is_rejected_whether_checked_alone_or_in_any_batch() {
         assert_eq!(verdicts.last(), Some(&Err(JobSignatureError::Invalid)));
         assert!(verdicts[..size].iter().all(Result::is_ok));
     }
+}
+
+#[test]
+fn jobs_of_the_own_hotkey_and_of_a_configured_signer_verify_together() {
+    let own = Hotkey::from_seed(&[7; 32]);
+    let signers = TrustedSigners::new(own.public_key(), [testing::TEST_SIGNER_SS58])
+        .expect("a valid SS58 address");
+    let jobs: Vec<_> = (0..6)
+        .map(|i| {
+            let mut fields = testing::minimal_job(&uuid(i));
+            let signer = if i % 2 == 0 {
+                &own
+            } else {
+                &testing::test_signer()
+            };
+            fields.sign(signer, testing::TEST_TIMESTAMP_NS + i as u64);
+            decode(&fields)
+        })
+        .collect();
+    assert_eq!(verdicts(&signers, &jobs), vec![Ok(()); 6]);
+}
+
+#[test]
+fn a_trusted_address_whose_key_is_no_curve_point_gets_bad_signature_for_every_job() {
+    // A well-formed SS58 address of 32 bytes that do not decompress to a Ristretto point: it is accepted as a
+    // trusted signer (as before the keys were kept decompressed), and no job signed in its name verifies.
+    let no_point = keys::ss58_encode(&[0xff; 32]);
+    assert_eq!(keys::VerifyingKey::from_bytes(&[0xff; 32]), None);
+    let signers = TrustedSigners::new([0; 32], [testing::TEST_SIGNER_SS58, no_point.as_str()])
+        .expect("valid SS58 addresses");
+    let mut claimed = signed_fields(1);
+    if let Some(signature) = claimed.signature.as_mut() {
+        signature.signatory = no_point.clone();
+    }
+    let mut malformed = signed_fields(3);
+    if let Some(signature) = malformed.signature.as_mut() {
+        signature.signature = "not base64".to_owned();
+    }
+    let jobs = vec![
+        decode(&signed_fields(0)),
+        decode(&claimed),
+        decode(&signed_fields(2)),
+        decode(&malformed),
+    ];
+    assert_eq!(
+        verdicts(&signers, &jobs),
+        vec![
+            Ok(()),
+            Err(JobSignatureError::Invalid),
+            Ok(()),
+            Err(JobSignatureError::Invalid)
+        ]
+    );
 }
 
 #[cfg(feature = "runtime")]

@@ -508,6 +508,13 @@ proptest! {
     }
 
     #[test]
+    fn the_payload_written_from_the_fields_is_the_literal_of_the_value_forms_text(fields in job_fields()) {
+        let value_text = fields.signed_fields().to_string();
+        prop_assert_eq!(fields.signed_payload(), pyjson::string_literal(&value_text));
+        prop_assert_eq!(fields.signed_fields_json(), value_text);
+    }
+
+    #[test]
     fn python_style_json_reads_back_as_the_same_value(value in json_value()) {
         for written in [pyjson::dumps(&value), pyjson::dumps_sorted(&value)] {
             prop_assert!(written.is_ascii());

@@ -3,6 +3,8 @@
 //!
 //! Owns the size limit (checked before parsing) and the rule that tells server messages apart (section 4.4): a
 //! `Response` (strict: only `status`/`errors`), else a `V2JobRequest` (by `message_type`), else a `V0JobCheated`.
+//! A frame goes first to the typed decoder ([`super::typed`]: one pass, no `Value` tree), which takes the frames a
+//! facilitator sends; what it leaves goes to the validating decoder here, which decides and names the problem.
 //! Must never panic on any input, and never lose a job request's exact text or `env` order.
 
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use serde_json::{Map, Value};
 use super::cheated::JobCheated;
 use super::job::JobRequest;
 use super::messages::Response;
+use super::typed::{self, Frame};
 use super::wire::{brief, brief_json, kind};
 
 /// A sensible frame size limit: the reference validator's WebSocket library refuses messages over 1 MiB.
@@ -110,6 +113,20 @@ pub fn decode_server_frame(text: &str, limit: usize) -> Result<ServerMessage, De
             limit,
         });
     }
+    // The frames a facilitator sends, in one typed pass; anything else is decided, and any problem named, by the
+    // validating decoder.
+    match typed::decode(text) {
+        Some(Frame::Response(response)) => Ok(ServerMessage::Response(response)),
+        Some(Frame::Job(fields)) => Ok(ServerMessage::JobRequest(Arc::new(JobRequest::with_text(
+            text, *fields,
+        )))),
+        None => decode_validating(text),
+    }
+}
+
+/// Decodes a frame through a parsed `Value`, validating as the reference models do, and names the first problem.
+/// The authority on what a frame means: the typed decoder only ever agrees with it.
+pub(super) fn decode_validating(text: &str) -> Result<ServerMessage, DecodeError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let Value::Object(map) = value else {

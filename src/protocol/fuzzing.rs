@@ -4,11 +4,12 @@
 //! It feeds arbitrary bytes to every decoder of untrusted input and checks the invariants that must hold for
 //! whatever they accept. It must never be called by the client itself (it panics on a broken invariant, by design).
 
-use super::codec::{DEFAULT_FRAME_LIMIT, DecodeError, ServerMessage, decode_server_frame};
+use super::codec::{self, DEFAULT_FRAME_LIMIT, DecodeError, ServerMessage, decode_server_frame};
 use super::keys;
 use super::messages::ClientMessage;
 use super::testing;
 use super::trust::TrustedSigners;
+use super::typed;
 
 /// Decodes `data` as a server frame (invalid UTF-8 is decoded lossily, as if a peer had sent that text) and, for
 /// what decodes, checks re-encoding round trips; also runs the client-message decoder (used by the reference
@@ -28,6 +29,8 @@ pub fn decode_frame(data: &[u8]) {
             "the size limit is checked before parsing"
         );
     }
+
+    let _ = decoders_agree(text);
 
     match decode_server_frame(text, DEFAULT_FRAME_LIMIT) {
         Ok(ServerMessage::Response(response)) => {
@@ -120,4 +123,18 @@ pub fn decode_frame(data: &[u8]) {
             "a one-byte-prefix SS58 address re-encodes to itself"
         );
     }
+}
+
+/// Checks that the typed decoder agrees with the validating decoder on `text` (what the frame is, or the exact
+/// error), and returns whether the typed decoder decoded it (rather than leaving it to the validating decoder).
+/// Panics if they disagree.
+pub fn decoders_agree(text: &str) -> bool {
+    if text.len() <= DEFAULT_FRAME_LIMIT {
+        assert_eq!(
+            decode_server_frame(text, DEFAULT_FRAME_LIMIT),
+            codec::decode_validating(text),
+            "the typed decoder agrees with the validating decoder on {text}"
+        );
+    }
+    typed::decode(text).is_some()
 }

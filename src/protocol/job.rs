@@ -88,6 +88,14 @@ impl JobRequest {
         })
     }
 
+    /// A job request from its text and the fields the typed decoder read from it.
+    pub(super) fn with_text(text: &str, fields: JobRequestFields) -> JobRequest {
+        JobRequest {
+            text: Arc::from(text),
+            fields,
+        }
+    }
+
     /// A job request whose text is the facilitator's encoding of `fields` (see [`JobRequestFields::to_wire_text`]).
     pub fn from_fields(fields: JobRequestFields) -> JobRequest {
         JobRequest {
@@ -436,13 +444,21 @@ impl JobRequestFields {
     /// The canonical SignedFields text (section 9.3): compact JSON, non-ASCII raw. Byte-for-byte what
     /// `serde_json::to_string` writes for an order-preserving map.
     pub fn signed_fields_json(&self) -> String {
-        self.signed_fields().to_string()
+        // The payload is a JSON string literal by construction; should that ever break, the Value form says the
+        // same (and the property test that compares the payload with the Value form's literal fails).
+        serde_json::from_str(&self.signed_payload())
+            .unwrap_or_else(|_| self.signed_fields().to_string())
     }
 
     /// The bytes hashed after the timestamp (section 9.4): the JSON string literal of
     /// [`Self::signed_fields_json`], pure ASCII (the double encoding).
+    ///
+    /// Written straight from the fields in one pass (it is on every job's signature check): the same text as
+    /// `pyjson::string_literal(&self.signed_fields().to_string())`.
     pub fn signed_payload(&self) -> String {
-        pyjson::string_literal(&self.signed_fields_json())
+        let mut out = String::with_capacity(1024);
+        self.write_signed_payload(&mut out);
+        out
     }
 
     /// Signs these fields as the SDK does (scope `SignedFields`) and stores the signature.
@@ -532,6 +548,21 @@ impl StringMap {
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The map of `entries` if no key repeats (`None` if one does), in n log n for a large map.
+    pub(super) fn from_unique(entries: Vec<(String, String)>) -> Option<StringMap> {
+        let repeats = if entries.len() <= 16 {
+            entries
+                .iter()
+                .enumerate()
+                .any(|(i, (key, _))| entries[..i].iter().any(|(k, _)| k == key))
+        } else {
+            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            keys.sort_unstable();
+            keys.windows(2).any(|pair| pair[0] == pair[1])
+        };
+        (!repeats).then_some(StringMap(entries))
     }
 
     /// The JSON object, in order.

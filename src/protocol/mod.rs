@@ -16,9 +16,11 @@ mod messages;
 #[cfg_attr(not(feature = "test-support"), allow(unreachable_pub))]
 pub(crate) mod pyjson;
 mod signature;
+mod signed_fields;
 #[cfg(any(feature = "reference", feature = "test-support"))]
 pub mod testing;
 mod trust;
+mod typed;
 mod wire;
 
 pub use cheated::JobCheated;

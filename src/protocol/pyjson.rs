@@ -43,6 +43,9 @@ pub fn dumps_sorted(value: &Value) -> String {
 /// use facilitator_client::protocol::testing::pyjson;
 /// assert_eq!(pyjson::string_literal("a\"b\\c\u{7f}😀"), r#""a\"b\\c\u007f\ud83d\ude00""#);
 /// ```
+///
+/// (The client itself writes its one string literal, the signed payload, in `signed_fields.rs`.)
+#[cfg(any(test, feature = "test-support"))]
 pub fn string_literal(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     write_string(&mut out, text);
@@ -169,8 +172,19 @@ fn write_number(out: &mut String, n: &Number) {
 }
 
 fn write_string(out: &mut String, text: &str) {
+    out.reserve(text.len() + text.len() / 4 + 2);
     out.push('"');
-    for c in text.chars() {
+    // Runs of printable ASCII are copied as they are (this is on every job's signature check: the payload is a
+    // string literal of about a kilobyte); each other character is escaped.
+    let bytes = text.as_bytes();
+    let (mut plain, mut i) = (0, 0);
+    while let Some(&byte) = bytes.get(i) {
+        if matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&text[plain..i]);
+        let c = text[i..].chars().next().unwrap_or_default();
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -179,17 +193,27 @@ fn write_string(out: &mut String, text: &str) {
             '\t' => out.push_str("\\t"),
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
             _ => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{unit:04x}"));
+                    out.push_str("\\u");
+                    for shift in [12, 8, 4, 0] {
+                        out.push(HEX[usize::from((*unit >> shift) & 0xf)]);
+                    }
                 }
             }
         }
+        // `i` is at a character boundary: it only ever moves over ASCII bytes or whole characters.
+        i += c.len_utf8();
+        plain = i;
     }
+    out.push_str(&text[plain..]);
     out.push('"');
 }
+
+const HEX: [char; 16] = [
+    '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f',
+];
 
 #[cfg(test)]
 mod tests {
@@ -222,6 +246,43 @@ mod tests {
             assert_eq!(float_repr(*x).as_deref(), Some(*expected), "{x:e}");
         }
         assert_eq!(float_repr(f64::NAN), None);
+    }
+
+    /// Python's `json.dumps` of a string, one character at a time (the definition the fast writer must match).
+    fn literal_char_by_char(text: &str) -> String {
+        let mut out = String::from('"');
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                ' '..='~' => out.push(c),
+                _ => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn string_literals_escape_every_character_as_python_does() {
+        let all: String = (0u32..0x3000)
+            .chain(0xfff0..0x10100)
+            .chain([0x1f600, 0x10ffff])
+            .filter_map(char::from_u32)
+            .collect();
+        for text in [all.as_str(), "", "plain", "a\"b\\c", "é at the end é", "😀"] {
+            assert_eq!(string_literal(text), literal_char_by_char(text), "{text:?}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use blake2::{Blake2b512, Digest};
 use serde_json::{Map, Value};
 
 use super::enums::SignatureScope;
-use super::keys::{self, Hotkey, Ss58Error};
+use super::keys::{self, Hotkey, Ss58Error, VerifyingKey};
 use super::wire::{FieldError, Obj};
 
 /// The `signature` object of a `V2JobRequest` or `V0JobCheated` (section 9.6).
@@ -104,6 +104,33 @@ impl JobSignature {
     pub fn verify(&self, payload: &[u8]) -> Result<[u8; 32], SignatureCheckError> {
         let public_key =
             keys::ss58_decode(&self.signatory).map_err(SignatureCheckError::BadSignatory)?;
+        let (digest, signature) = self.digest_and_bytes(payload)?;
+        match VerifyingKey::from_bytes(&public_key) {
+            Some(key) if key.verify(&digest, &signature) => Ok(public_key),
+            _ => Err(SignatureCheckError::Invalid),
+        }
+    }
+
+    /// Like [`Self::verify`] with the signatory's key already decoded and decompressed (a trusted signer's).
+    pub(super) fn verify_with(
+        &self,
+        key: &VerifyingKey,
+        payload: &[u8],
+    ) -> Result<(), SignatureCheckError> {
+        let (digest, signature) = self.digest_and_bytes(payload)?;
+        if key.verify(&digest, &signature) {
+            Ok(())
+        } else {
+            Err(SignatureCheckError::Invalid)
+        }
+    }
+
+    /// What the sr25519 check takes: the digest of `payload` under this signature's timestamp, and the signature's
+    /// 64 bytes; an error when the timestamp or the signature text is malformed.
+    pub(super) fn digest_and_bytes(
+        &self,
+        payload: &[u8],
+    ) -> Result<([u8; 64], [u8; 64]), SignatureCheckError> {
         let timestamp_ns = u64::try_from(self.timestamp_ns)
             .map_err(|_| SignatureCheckError::TimestampOutOfRange(self.timestamp_ns))?;
         let bytes = base64_decode(&self.signature).ok_or(SignatureCheckError::NotBase64)?;
@@ -111,15 +138,7 @@ impl JobSignature {
             .as_slice()
             .try_into()
             .map_err(|_| SignatureCheckError::WrongLength(bytes.len()))?;
-        if keys::verify(
-            &public_key,
-            &signature_digest(timestamp_ns, payload),
-            &signature,
-        ) {
-            Ok(public_key)
-        } else {
-            Err(SignatureCheckError::Invalid)
-        }
+        Ok((signature_digest(timestamp_ns, payload), signature))
     }
 }
 

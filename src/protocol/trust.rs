@@ -2,14 +2,16 @@
 //! check of a job request or cheat report as the reference validator makes it, one at a time or many at once.
 //!
 //! Owns: the order of the checks (signature present, signatory trusted, then the cryptographic check), the exact
-//! string comparison of signatories, and batch verification. Every verdict is returned to the caller, computed from
-//! the values it was given: nothing is cached in the messages. Must never: accept a job whose signature does not
-//! verify, or compare signatories in any way other than the reference validator's.
+//! string comparison of signatories, each trusted signer's key (decoded from its address and decompressed once, when
+//! the set is made: a job signed by a trusted signer never decodes or decompresses a key), and batch verification.
+//! Every verdict is returned to the caller, computed from the values it was given: nothing is cached in the
+//! messages. Must never: accept a job whose signature does not verify, or compare signatories in any way other than
+//! the reference validator's.
 
 use super::cheated::JobCheated;
 use super::job::JobRequest;
-use super::keys::{self, Ss58Error};
-use super::signature::{JobSignature, base64_decode, signature_digest};
+use super::keys::{self, Ss58Error, VerifyingKey};
+use super::signature::JobSignature;
 
 /// Why a signed server message is not accepted. The Display texts are the reference validator's rejection messages
 /// (section 9.8), sent back in `job_rejection_details.message`.
@@ -33,8 +35,26 @@ pub enum JobSignatureError {
 /// own hotkey as its format-42 address): the same key written with another SS58 prefix is not trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedSigners {
-    own: String,
-    others: Vec<String>,
+    own: Signer,
+    others: Vec<Signer>,
+}
+
+/// A trusted signer: its address, compared as text, and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Signer {
+    address: String,
+    /// `None` when the address's 32 bytes are not a valid point: then no signature verifies (as without the
+    /// cache: the check fails at decompression).
+    key: Option<VerifyingKey>,
+}
+
+impl Signer {
+    fn new(address: String, public_key: &[u8; 32]) -> Signer {
+        Signer {
+            address,
+            key: VerifyingKey::from_bytes(public_key),
+        }
+    }
 }
 
 impl TrustedSigners {
@@ -63,7 +83,7 @@ impl TrustedSigners {
             .map(|address| {
                 let address = address.as_ref();
                 keys::ss58_decode(address)
-                    .map(|_| address.to_owned())
+                    .map(|key| Signer::new(address.to_owned(), &key))
                     .map_err(|reason| TrustedSignerError {
                         address: address.to_owned(),
                         reason,
@@ -71,14 +91,20 @@ impl TrustedSigners {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TrustedSigners {
-            own: keys::ss58_encode(&own_public_key),
+            own: Signer::new(keys::ss58_encode(&own_public_key), &own_public_key),
             others,
         })
     }
 
     /// Whether `signatory` (an SS58 text as found in a message) is trusted.
     pub fn is_trusted(&self, signatory: &str) -> bool {
-        signatory == self.own || self.others.iter().any(|a| a == signatory)
+        self.signer(signatory).is_some()
+    }
+
+    fn signer(&self, signatory: &str) -> Option<&Signer> {
+        std::iter::once(&self.own)
+            .chain(&self.others)
+            .find(|signer| signer.address == signatory)
     }
 
     /// Checks a job request as the reference validator does (section 9.8): signature present, signatory trusted,
@@ -113,38 +139,36 @@ impl TrustedSigners {
         &self,
         jobs: impl IntoIterator<Item = &'a JobRequest>,
     ) -> Vec<Result<(), JobSignatureError>> {
-        let jobs: Vec<&JobRequest> = jobs.into_iter().collect();
-        let mut verdicts: Vec<Option<Result<(), JobSignatureError>>> =
-            Vec::with_capacity(jobs.len());
+        let mut verdicts = Vec::new();
         let mut batch = Vec::new();
         let mut in_batch = Vec::new();
-        for (i, job) in jobs.iter().enumerate() {
-            match self.trusted_signature(job.signature()) {
-                Err(refused) => verdicts.push(Some(Err(refused))),
-                Ok(signature) => match batch_item(signature, || job.fields().signed_payload()) {
-                    // Malformed: its own check gives the verdict.
-                    None => verdicts.push(Some(self.check(job))),
-                    Some(item) => {
-                        batch.push(item);
-                        in_batch.push(i);
-                        verdicts.push(None);
+        for (i, job) in jobs.into_iter().enumerate() {
+            let verdict = self
+                .trusted_signature(job.signature())
+                .and_then(|(signature, key)| {
+                    let payload = job.fields().signed_payload();
+                    match (key, signature.digest_and_bytes(payload.as_bytes())) {
+                        (Some(key), Ok((digest, bytes))) => {
+                            batch.push((*key, digest, bytes));
+                            in_batch.push(i);
+                            Ok(())
+                        }
+                        // Malformed, or a key that is no point: it would fail its own check too.
+                        _ => Err(JobSignatureError::Invalid),
                     }
-                },
+                });
+            verdicts.push(verdict);
+        }
+        // One job alone gains nothing from the batch equation. When the batch fails, each of its jobs is verified
+        // on its own (the same check as `check`, from the digest and bytes already made).
+        if !(batch.len() > 1 && keys::verify_batch(&batch)) {
+            for (i, (key, digest, bytes)) in in_batch.into_iter().zip(&batch) {
+                if !key.verify(digest, bytes) {
+                    verdicts[i] = Err(JobSignatureError::Invalid);
+                }
             }
         }
-        // One job alone gains nothing from the batch equation.
-        let batch_verified = batch.len() > 1 && keys::verify_batch(&batch);
-        for i in in_batch {
-            verdicts[i] = Some(if batch_verified {
-                Ok(())
-            } else {
-                self.check(jobs[i])
-            });
-        }
         verdicts
-            .into_iter()
-            .map(|v| v.unwrap_or(Err(JobSignatureError::Invalid)))
-            .collect()
     }
 
     /// Checks a cheat report the same way (section 10), over its single-encoded payload. Real SDK-signed reports
@@ -160,43 +184,26 @@ impl TrustedSigners {
         signature: Option<&JobSignature>,
         payload: impl FnOnce() -> Vec<u8>,
     ) -> Result<(), JobSignatureError> {
-        self.trusted_signature(signature)?
-            .verify(&payload())
-            .map(|_| ())
+        let (signature, key) = self.trusted_signature(signature)?;
+        let key = key.ok_or(JobSignatureError::Invalid)?;
+        signature
+            .verify_with(key, &payload())
             .map_err(|_| JobSignatureError::Invalid)
     }
 
-    /// The first two checks: a signature is there, and its signatory is trusted.
+    /// The first two checks: a signature is there, and its signatory is trusted. With the signatory's key.
     fn trusted_signature<'s>(
-        &self,
+        &'s self,
         signature: Option<&'s JobSignature>,
-    ) -> Result<&'s JobSignature, JobSignatureError> {
+    ) -> Result<(&'s JobSignature, Option<&'s VerifyingKey>), JobSignatureError> {
         let signature = signature.ok_or(JobSignatureError::Missing)?;
-        if self.is_trusted(&signature.signatory) {
-            Ok(signature)
-        } else {
-            Err(JobSignatureError::UntrustedSignatory(
+        match self.signer(&signature.signatory) {
+            Some(signer) => Ok((signature, signer.key.as_ref())),
+            None => Err(JobSignatureError::UntrustedSignatory(
                 signature.signatory.clone(),
-            ))
+            )),
         }
     }
-}
-
-/// A signature as an item of schnorrkel's batch equation: (public key, digest, signature bytes); `None` when it is
-/// malformed (bad signatory, timestamp, base64 or length), which a batch cannot hold.
-fn batch_item(
-    signature: &JobSignature,
-    payload: impl FnOnce() -> String,
-) -> Option<([u8; 32], [u8; 64], [u8; 64])> {
-    let public_key = keys::ss58_decode(&signature.signatory).ok()?;
-    let timestamp_ns = u64::try_from(signature.timestamp_ns).ok()?;
-    let bytes = base64_decode(&signature.signature)?;
-    let sig = <[u8; 64]>::try_from(bytes.as_slice()).ok()?;
-    Some((
-        public_key,
-        signature_digest(timestamp_ns, payload().as_bytes()),
-        sig,
-    ))
 }
 
 /// A configured trusted signer that is not an SS58 address.

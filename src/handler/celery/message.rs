@@ -187,13 +187,6 @@ pub(super) fn result_key(task_id: &str) -> String {
 }
 
 /// `datetime.isoformat()` of an aware UTC datetime, as Celery writes `expires`: `2026-01-31T12:00:00.123456+00:00`.
-///
-/// ```
-/// use std::time::{Duration, UNIX_EPOCH};
-/// use facilitator_client::handler::celery::message::iso8601_utc;
-/// let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
-/// assert_eq!(iso8601_utc(t), "2023-11-14T22:13:20.123456+00:00");
-/// ```
 pub(super) fn iso8601_utc(time: SystemTime) -> String {
     // Times before 1970 do not occur here (the clock of a running validator); they print as the epoch.
     let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -353,6 +346,13 @@ fn truncate(text: &str, maxlen: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso8601_is_pythons_isoformat() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(iso8601_utc(t), "2023-11-14T22:13:20.123456+00:00");
+    }
 
     #[test]
     fn iso8601_matches_pythons_isoformat() {
