@@ -12,7 +12,12 @@
 //! - idle cost (wake-ups and CPU per second with a 1 s heartbeat) of the client and of the ceiling client;
 //! - peak RSS of the client process, idle and along 20,000 jobs;
 //! - one sr25519 job-signature check, batch verification, the pure machine's steps per second;
-//! - client CPU per job (scheduler time from /proc) and, with valgrind, instructions per job and per verification.
+//! - client CPU per job (scheduler time from /proc) and, with valgrind, instructions per job and per verification;
+//! - the spool's cost: jobs/s at 256 in flight and job latency at 1 in flight with the spool on and off, the fsync
+//!   time of the file system it lives on, and the spool file's size after a long run.
+//!
+//! Every client run but the spool section's passes `--no-spool` (the figures before the spool stay comparable);
+//! the spool section's spool is a temporary file, never the user's state directory.
 //!
 //! Run: `cargo build --release && cargo run --release --example bench` (`-- --help` for options). BENCHMARKS.md
 //! explains every figure and what limits it. The client runs as a subprocess (`facilitator-client run`, found next
@@ -67,6 +72,8 @@ mod bench {
         flap_secs: u64,
         /// Jobs of the flood.
         flood_jobs: usize,
+        /// Jobs of the spool section's runs at 256 in flight.
+        spool_jobs: usize,
         /// `max_open` of the callgrind runs.
         callgrind_max_open: Vec<usize>,
     }
@@ -81,10 +88,11 @@ mod bench {
         eprintln!(
             "usage: bench [--jobs N] [--max-open N[,N...]] [--sigint-runs N] [--idle-secs S] [--no-callgrind] \
              [--no-reference] [--only SECTION[,SECTION...]] [--keep-callgrind DIR] [--flap-secs S] \
-             [--flood-jobs N] [--callgrind-max-open N[,N...]] [--job-shape minimal|upload]\n\
-             sections: verify, machine, throughput, reference, memory, sigint, refill, flood, flap, idle, callgrind\n\
+             [--flood-jobs N] [--callgrind-max-open N[,N...]] [--job-shape minimal|upload] [--spool-jobs N]\n\
+             sections: verify, machine, throughput, reference, memory, sigint, refill, flood, flap, idle, spool, \
+             callgrind\n\
              defaults: --jobs 20000 --max-open 1,16,256 --sigint-runs 7 --idle-secs 10 --flap-secs 30 \
-             --flood-jobs 100000 --callgrind-max-open 64 --job-shape minimal\n\
+             --flood-jobs 100000 --callgrind-max-open 64 --job-shape minimal --spool-jobs 100000\n\
              job shapes: minimal (vector `minimal`, 796 bytes), upload (like vector `multi_upload_with_system_output`, \
              1.1 KiB: args, a signed single-file upload, a system-output upload)"
         );
@@ -114,6 +122,7 @@ mod bench {
             keep: None,
             flap_secs: 30,
             flood_jobs: 100_000,
+            spool_jobs: 100_000,
             callgrind_max_open: vec![64],
         };
         let mut it = args.into_iter();
@@ -137,6 +146,7 @@ mod bench {
                 "--keep-callgrind" => options.keep = Some(PathBuf::from(value())),
                 "--flap-secs" => options.flap_secs = value().parse().unwrap_or_else(|_| usage()),
                 "--flood-jobs" => options.flood_jobs = value().parse().unwrap_or_else(|_| usage()),
+                "--spool-jobs" => options.spool_jobs = value().parse().unwrap_or_else(|_| usage()),
                 "--callgrind-max-open" => {
                     options.callgrind_max_open = value()
                         .split(',')
@@ -217,6 +227,7 @@ mod bench {
                     Runner::Client,
                     options.jobs,
                     max_open,
+                    &[],
                     &mut report,
                 );
                 let ceiling = throughput_run(
@@ -225,6 +236,7 @@ mod bench {
                     Runner::Ceiling,
                     options.jobs,
                     max_open,
+                    &[],
                     &mut report,
                 );
                 report.add(
@@ -243,6 +255,11 @@ mod bench {
             for runner in [Runner::Client, Runner::Ceiling] {
                 reference_run(&binary, runner, options.jobs, 256, &mut report);
             }
+        }
+
+        if options.wants("spool") {
+            section("the spool's cost: on and off, side by side, and the fsync under it");
+            spool_run(&binary, &server, options, &mut report);
         }
 
         if options.wants("memory") {
@@ -356,6 +373,103 @@ mod bench {
 
         println!("\nload at end: {}", load());
         report.print();
+    }
+
+    /// The spool's cost: jobs/s at 256 in flight and job latency at 1 in flight, with the spool on and off against
+    /// the same lean server, the fsync time of the file system the spool is on, and the file's size after the runs.
+    fn spool_run(binary: &Path, server: &LoadServer, options: &Options, report: &mut Report) {
+        // On the same file system as /tmp (a disk here; where the state directory usually is): not a tmpfs.
+        let dir = tempfile::Builder::new()
+            .prefix("bench-spool-")
+            .tempdir()
+            .expect("a temporary directory");
+        let spool = dir.path().join("bench.spool");
+        let spool_arg = spool.to_str().expect("a UTF-8 path");
+        let (fsync_p50, fsync_p99) = measure_fsync(dir.path());
+        report.add(
+            "fsync on the spool's file system",
+            format!("p50 {} p99 {}", us(fsync_p50), us(fsync_p99)),
+            format!(
+                "4 KiB written and fdatasync'd, 200 times, in {}",
+                dir.path().display()
+            ),
+        );
+        let jobs_256 = options.spool_jobs;
+        let off = throughput_run(binary, server, Runner::Client, jobs_256, 256, &[], report);
+        let _ = std::fs::remove_file(&spool);
+        let on = throughput_run(
+            binary,
+            server,
+            Runner::Client,
+            jobs_256,
+            256,
+            &["--spool", spool_arg],
+            report,
+        );
+        let size = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
+        report.add(
+            "spool on / off throughput, max_open 256",
+            format!("{:.2}", on.jobs_per_sec / off.jobs_per_sec),
+            format!(
+                "{:.0} vs {:.0} jobs/s, answers busy included; target: at least 0.5",
+                on.jobs_per_sec, off.jobs_per_sec
+            ),
+        );
+        report.add(
+            "spool on / off completed jobs/s, max_open 256",
+            format!("{:.2}", on.completed_per_sec / off.completed_per_sec),
+            format!(
+                "{:.0} vs {:.0} jobs completed per second (a saturated client answers many of the refills busy: \
+                 they count as answers above)",
+                on.completed_per_sec, off.completed_per_sec
+            ),
+        );
+        report.add(
+            format!("spool file after {jobs_256} jobs at 256 in flight and a clean stop"),
+            format!("{:.0} KiB", size as f64 / 1024.0),
+            "only live data: the spool is empty, and compacted at the stop",
+        );
+        let jobs_1 = (options.jobs / 10).max(500);
+        let off = throughput_run(binary, server, Runner::Client, jobs_1, 1, &[], report);
+        let on = throughput_run(
+            binary,
+            server,
+            Runner::Client,
+            jobs_1,
+            1,
+            &["--spool", spool_arg],
+            report,
+        );
+        report.add(
+            "job latency p50 at 1 in flight: spool on - off",
+            us(on.p50.saturating_sub(off.p50)),
+            format!(
+                "{} vs {}; target: at most one fsync (p50 {}); a job's three statuses are persisted in two or three \
+                 batches, each an fsync before the status leaves",
+                us(on.p50),
+                us(off.p50),
+                us(fsync_p50)
+            ),
+        );
+    }
+
+    /// Writes 4 KiB and `fdatasync`s it, 200 times, in a file in `dir`; (p50, p99).
+    fn measure_fsync(dir: &Path) -> (Duration, Duration) {
+        use std::io::{Seek, SeekFrom, Write};
+        let path = dir.join("fsync-probe");
+        let mut file = std::fs::File::create(&path).expect("a probe file");
+        let block = vec![0x5Au8; 4096];
+        let mut times = Vec::with_capacity(200);
+        for i in 0..200u64 {
+            file.seek(SeekFrom::Start((i % 16) * 4096)).expect("seek");
+            file.write_all(&block).expect("write");
+            let started = Instant::now();
+            file.sync_data().expect("fdatasync");
+            times.push(started.elapsed());
+        }
+        let _ = std::fs::remove_file(&path);
+        times.sort();
+        (percentile(&times, 0.5), percentile(&times, 0.99))
     }
 
     fn section(name: &str) {
@@ -1355,6 +1469,23 @@ mod bench {
             Runner::Ceiling => ceiling_command(url, heartbeat),
         };
         command.args(extra);
+        // The figures without the spool stay comparable with those before it, and no run writes to the user's
+        // state directory: the spool section passes its own `--spool`. BENCH_SPOOL_DIR=DIR runs every other section
+        // with a spool too, a new file in DIR for each client (e.g. the flood's peak RSS with the spool on).
+        if runner == Runner::Client && !extra.contains(&"--spool") {
+            match std::env::var_os("BENCH_SPOOL_DIR") {
+                Some(dir) => {
+                    static RUNS: AtomicU64 = AtomicU64::new(0);
+                    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+                    command
+                        .arg("--spool")
+                        .arg(Path::new(&dir).join(format!("run-{}-{n}.spool", std::process::id())));
+                }
+                None => {
+                    command.arg("--no-spool");
+                }
+            }
+        }
         // BENCH_CLIENT_PREFIX="valgrind --tool=massif ..." runs the client under a profiler (the /proc figures are
         // then the profiler's).
         if let (Runner::Client, Ok(prefix)) = (runner, std::env::var("BENCH_CLIENT_PREFIX")) {
@@ -1429,20 +1560,26 @@ mod bench {
 
     struct Throughput {
         jobs_per_sec: f64,
+        /// Jobs completed per second: answers `busy` (cheap, and many more when the client is saturated) left out.
+        completed_per_sec: f64,
         client_cpu_per_job_ns: f64,
+        p50: Duration,
     }
 
+    /// `extra`: more flags for the client (`--spool FILE`; without it the client runs with `--no-spool`).
+    #[allow(clippy::too_many_arguments)]
     fn throughput_run(
         binary: &Path,
         server: &LoadServer,
         runner: Runner,
         jobs: usize,
         max_open: usize,
+        extra: &[&str],
         report: &mut Report,
     ) -> Throughput {
         let ended = server.progress.connections_ended.load(Ordering::SeqCst);
         let before = server.heartbeats();
-        let child = spawn(runner, binary, &server.url, "20");
+        let child = spawn_with(runner, binary, &server.url, "20", extra, false).0;
         let pid = child.id();
         wait_running(server, before);
         std::thread::sleep(Duration::from_millis(100));
@@ -1465,9 +1602,14 @@ mod bench {
         let secs = stats.elapsed.as_secs_f64();
         let result = Throughput {
             jobs_per_sec: jobs as f64 / secs,
+            completed_per_sec: jobs.saturating_sub(stats.rejected) as f64 / secs,
             client_cpu_per_job_ns: cpu as f64 / jobs as f64,
+            p50: percentile(&latencies, 0.5),
         };
-        let name = runner.name();
+        let name = match (runner, extra.contains(&"--spool")) {
+            (Runner::Client, true) => "client with a spool",
+            _ => runner.name(),
+        };
         report.add(
             format!("{name}, lean server, max_open {max_open}: jobs/s"),
             format!("{:.0}", result.jobs_per_sec),

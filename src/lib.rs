@@ -46,6 +46,7 @@
 //!             Action::Dispatch(_job) => { /* start a job handler; feed its statuses back as Input::Status */ }
 //!             Action::CancelJobs => { /* kill every job handler */ }
 //!             Action::Emit(event) => println!("{event}"),
+//!             Action::Persist { .. } => { /* with Config::durable: commit the batch off the loop, then Persisted */ }
 //!             Action::Stop(reason) => println!("stopped: {reason}"),
 //!         }
 //!     }
@@ -149,5 +150,5 @@ pub mod spool;
 #[cfg(feature = "runtime")]
 pub use runtime::{
     CaFileError, Client, ClientConfig, ConfigError, Metrics, MetricsHandle, Observer, Outcome,
-    Peaks, ShutdownHandle, TransportLimits, UrlError,
+    Peaks, ShutdownHandle, SpoolMetrics, SpoolSummary, TransportLimits, UrlError,
 };

@@ -6,6 +6,16 @@
 //! [`SimEvent`] is turned into an input that is legal in the current world (a Response only when a status is in
 //! flight on an authenticated socket, and so on), except [`SimEvent::Stale`], which feeds deliberately out-of-place
 //! inputs. Pure: no I/O, no clock of its own beyond one `Instant` taken as the origin.
+//!
+//! With a durable configuration ([`Sim::durable`]) the world also holds a model spool: the machine's `Persist`
+//! batches queue for a model writer, [`SimEvent::Commit`] commits (or fails) what is queued and reports it, and
+//! [`SimEvent::Crash`] kills the process at any step: a new machine starts from the last durable commit (the model
+//! spool's content) and recovers it. The properties: every status ever on disk is, until the facilitator answers
+//! it, still on disk; statuses lost in a crash were never on disk (they were produced after the last commit, or
+//! released while the spool was stale, and counted); per-job order holds across crashes; after a restart nothing
+//! answered is sent again unless it was still on disk (an allowed re-send); no status goes out before it is on
+//! disk unless the machine counted it unprotected; and, after a final restart and a clean run, every job the
+//! facilitator saw `received` for has exactly one terminal status unless one of its statuses went out unprotected.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -13,12 +23,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use std::collections::BTreeMap;
+
 use crate::machine::{Action, BackoffConfig, Config, Event, Incoming, Input, Machine};
 use crate::protocol::keys::Hotkey;
 use crate::protocol::{
-    ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage,
-    TrustedSigners, decode_server_frame, error_type, testing::signed_job_text,
+    AuthenticationRequest, ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response,
+    ServerMessage, TrustedSigners, decode_server_frame, error_type, testing::signed_job_text,
 };
+use crate::spool::{HandlerRecord, JobRecord, Recovered, SpoolBatch, SpooledStatus};
 
 /// One thing that happens in the simulated world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
@@ -73,6 +86,29 @@ pub enum SimEvent {
     ForceStop,
     /// An input that does not fit the world (a stale socket event, a frame with no socket, ...).
     Stale(u8),
+    /// The spool's writer finishes: the oldest queued batch (or, with `all`, everything queued, merged into one
+    /// commit) is committed, or fails with `fail`, and the machine is told. Nothing without the spool.
+    Commit {
+        /// The commit fails (a full or failing disk).
+        fail: bool,
+        /// Merge everything queued into this commit.
+        all: bool,
+    },
+    /// The process dies (SIGKILL, OOM, power cut) and restarts at once from the last durable commit; with
+    /// `committed_first`, the commit under way reaches the disk just before the death (without the machine hearing
+    /// of it). Without the spool: nothing.
+    Crash {
+        /// The oldest queued batch is committed before the death.
+        committed_first: bool,
+    },
+    /// A running job's handler says where its work runs (an `exec:` process group, or a Celery task that outlives
+    /// the client).
+    Attach {
+        /// Which running job.
+        job: u8,
+        /// A Celery task rather than a process group.
+        celery: bool,
+    },
 }
 
 /// How the facilitator answers an auth request.
@@ -160,6 +196,68 @@ pub fn sim_config(seed: u64) -> Config {
         outbox_capacity: 16,
         max_in_flight: 4,
         max_running_jobs: 4,
+        durable: false,
+    }
+}
+
+/// What a statuses is, for the checks across restarts: job, status, and the world's sequence number if a handler
+/// produced it (the client's own `received` and `horde_failed` have none).
+type Identity = (String, JobStatus, Option<u64>);
+
+fn identity(update: &JobStatusUpdate) -> Identity {
+    (
+        update.uuid.clone(),
+        update.status,
+        update.metadata.extra.get("seq").and_then(Value::as_u64),
+    )
+}
+
+/// The model spool: what is on disk, and the batches queued for the writer.
+#[derive(Debug, Default)]
+struct ModelSpool {
+    statuses: BTreeMap<u64, JobStatusUpdate>,
+    jobs: BTreeMap<String, JobRecord>,
+    /// Emitted `Persist` batches not yet committed or failed, in order.
+    queue: VecDeque<(u64, SpoolBatch)>,
+    /// The last batch id emitted.
+    last_id: u64,
+    /// A commit failed: the writer writes no delta until a snapshot commits (as `SpoolWorker` does).
+    stale: bool,
+}
+
+impl ModelSpool {
+    /// The documented meaning of a batch (`SpoolBatch`): a snapshot empties first; puts, then removes.
+    fn apply(&mut self, batch: &SpoolBatch) {
+        if batch.full_snapshot {
+            self.statuses.clear();
+            self.jobs.clear();
+        }
+        for s in &batch.put_statuses {
+            self.statuses.insert(s.id, s.update.clone());
+        }
+        for j in &batch.put_jobs {
+            self.jobs.insert(j.uuid.clone(), j.clone());
+        }
+        for id in &batch.remove_statuses {
+            self.statuses.remove(id);
+        }
+        for uuid in &batch.remove_jobs {
+            self.jobs.remove(uuid);
+        }
+    }
+
+    /// Takes the oldest queued batch, or all of them merged (as the real writer does), with the highest id.
+    fn take(&mut self, all: bool) -> Option<(u64, SpoolBatch)> {
+        let (mut up_to, mut batch) = self.queue.pop_front()?;
+        while all && let Some((id, later)) = self.queue.pop_front() {
+            batch.merge(later);
+            up_to = id;
+        }
+        Some((up_to, batch))
+    }
+
+    fn holds(&self, who: &Identity) -> bool {
+        self.statuses.values().any(|u| identity(u) == *who)
     }
 }
 
@@ -167,6 +265,42 @@ pub fn sim_config(seed: u64) -> Config {
 pub struct Sim {
     /// The machine under test.
     pub machine: Machine,
+    config: Config,
+    auth: AuthenticationRequest,
+    signers: TrustedSigners,
+    spool: ModelSpool,
+    /// Handler statuses (by sequence number) that were on disk at some point.
+    ever_durable: HashSet<u64>,
+    /// Handler statuses lost in crashes: never on disk, never stored.
+    lost: HashSet<u64>,
+    /// Statuses answered by the facilitator (stored or refused), by identity.
+    answered: HashSet<Identity>,
+    /// What was on disk at the last crash: the statuses the new machine may send again.
+    recovered: HashSet<Identity>,
+    /// Statuses sent at least once by the current machine.
+    sent_this_life: HashSet<Identity>,
+    /// First sends, by the current machine, of statuses that were not on disk.
+    unprotected_sends: u64,
+    /// Jobs one of whose statuses went out without being on disk: a crash may leave them without (or with a second)
+    /// terminal status, as allowed.
+    exposed_jobs: HashSet<String>,
+    /// Terminal statuses stored by the facilitator, per job.
+    terminals_stored: HashMap<String, u32>,
+    /// Jobs one of whose statuses the facilitator refused (`job.not_found`): never retried, so such a job may end
+    /// without a terminal status stored.
+    refused_jobs: HashSet<String>,
+    /// Jobs whose handler returned without reporting a terminal status (nothing reports one for them).
+    ended_without_terminal: HashSet<String>,
+    /// Late statuses counted before the current machine started.
+    late_before: usize,
+    crashes: u64,
+    /// Failed commits reported to the machine.
+    failed_commits: u64,
+    /// Recovered jobs reported `horde_failed`, and re-attached, over all restarts.
+    interrupted: u64,
+    resumed: u64,
+    /// Answered statuses sent again after a restart because they were still on disk.
+    allowed_resends: u64,
     now: Instant,
     origin: Instant,
     socket: Socket,
@@ -225,6 +359,14 @@ impl Sim {
         Self::with_config(sim_config(seed))
     }
 
+    /// A world whose machine keeps a durable spool (the model spool of this world).
+    pub fn durable(seed: u64) -> Self {
+        Self::with_config(Config {
+            durable: true,
+            ..sim_config(seed)
+        })
+    }
+
     /// A world with a given machine configuration.
     pub fn with_config(config: Config) -> Self {
         let own = Hotkey::from_seed(&[7u8; 32]);
@@ -234,7 +376,27 @@ impl Sim {
             .unwrap_or_else(|e| unreachable!("a freshly made SS58 address parses: {e}"));
         let origin = Instant::now();
         Sim {
-            machine: Machine::new(config, own.auth_request(), signers, origin),
+            machine: Machine::new(config.clone(), own.auth_request(), signers.clone(), origin),
+            config,
+            auth: own.auth_request(),
+            signers,
+            spool: ModelSpool::default(),
+            ever_durable: HashSet::new(),
+            lost: HashSet::new(),
+            answered: HashSet::new(),
+            recovered: HashSet::new(),
+            sent_this_life: HashSet::new(),
+            unprotected_sends: 0,
+            exposed_jobs: HashSet::new(),
+            terminals_stored: HashMap::new(),
+            refused_jobs: HashSet::new(),
+            ended_without_terminal: HashSet::new(),
+            late_before: 0,
+            crashes: 0,
+            failed_commits: 0,
+            interrupted: 0,
+            resumed: 0,
+            allowed_resends: 0,
             now: origin,
             origin,
             socket: Socket::None,
@@ -359,12 +521,17 @@ impl Sim {
                     && let Some((uuid, status, seq)) = self.server_in_flight.pop_front()
                 {
                     self.note_progress();
+                    self.answered.insert((uuid.clone(), status, seq));
                     let response = if not_found {
+                        self.refused_jobs.insert(uuid.clone());
                         if let Some(seq) = seq {
                             self.refused.insert(seq);
                         }
                         Response::error(error_type::JOB_NOT_FOUND, "Job not found", "")
                     } else if self.stored.insert((uuid.clone(), status)) {
+                        if status.is_terminal() {
+                            *self.terminals_stored.entry(uuid.clone()).or_default() += 1;
+                        }
                         Response::success()
                     } else {
                         Response::error(error_type::INTEGRITY_ERROR, "Integrity error", "")
@@ -470,6 +637,9 @@ impl Sim {
             SimEvent::HandlerFinishes { job } => {
                 if !self.running.is_empty() {
                     let uuid = self.running.remove(usize::from(job) % self.running.len());
+                    if !self.terminal_fed.contains(&uuid) {
+                        self.ended_without_terminal.insert(uuid.clone());
+                    }
                     self.step(Input::JobFinished(uuid))?;
                 }
             }
@@ -483,6 +653,25 @@ impl Sim {
                 self.step(Input::ForceStop)?;
                 if !self.machine.state().is_stopped() {
                     return Err("ForceStop did not stop the machine in one step".into());
+                }
+            }
+            SimEvent::Commit { fail, all } => self.commit(fail, all)?,
+            SimEvent::Crash { committed_first } => self.crash(committed_first)?,
+            SimEvent::Attach { job, celery } => {
+                if !self.running.is_empty() {
+                    let index = usize::from(job) % self.running.len();
+                    let uuid = self.running[index].clone();
+                    let handler = if celery {
+                        HandlerRecord::Celery {
+                            task_id: format!("task-{uuid}"),
+                        }
+                    } else {
+                        HandlerRecord::Exec {
+                            pgid: 1000 + index as i32,
+                            start_time: u64::from(job),
+                        }
+                    };
+                    self.step(Input::JobAttached { uuid, handler })?;
                 }
             }
             SimEvent::Stale(which) => {
@@ -664,6 +853,22 @@ impl Sim {
             }
             Action::CancelJobs => self.running.clear(),
             Action::Emit(_) => {}
+            Action::Persist { id, batch } => {
+                if !self.config.durable {
+                    return Err("Persist without the spool".into());
+                }
+                if *id != self.spool.last_id + 1 {
+                    return Err(format!(
+                        "Persist {id} after Persist {}: ids must go up by one",
+                        self.spool.last_id
+                    ));
+                }
+                if batch.is_empty() {
+                    return Err(format!("Persist {id} of an empty batch"));
+                }
+                self.spool.last_id = *id;
+                self.spool.queue.push_back((*id, batch.clone()));
+            }
             Action::Stop(_) => {
                 self.drop_socket();
                 self.running.clear();
@@ -719,6 +924,7 @@ impl Sim {
             }
             ClientMessage::StatusUpdate(update) => {
                 let seq = update.metadata.extra.get("seq").and_then(Value::as_u64);
+                self.check_durability_of_send(update)?;
                 self.check_order(update, seq)?;
                 self.server_in_flight
                     .push_back((update.uuid.clone(), update.status, seq));
@@ -726,6 +932,167 @@ impl Sim {
             _ => {}
         }
         Ok(())
+    }
+
+    /// With the spool: a status leaves before it is on disk only if the machine counted it unprotected; after a
+    /// restart, an answered status is sent again only if it was still on disk (an allowed re-send).
+    fn check_durability_of_send(&mut self, update: &JobStatusUpdate) -> Result<(), String> {
+        if !self.config.durable || update.status == JobStatus::Rejected {
+            return Ok(());
+        }
+        let who = identity(update);
+        if !self.sent_this_life.insert(who.clone()) {
+            return Ok(());
+        }
+        if self.answered.contains(&who) {
+            // A job with a status sent unprotected may be left in the spool looking unfinished (its answer's removal
+            // never reached the disk): the restart reports it again, which the facilitator answers as a duplicate.
+            if !self.recovered.contains(&who) && !self.exposed_jobs.contains(&who.0) {
+                return Err(format!(
+                    "{}/{} was answered and is sent again after a restart although it was not in the spool",
+                    who.0, who.1
+                ));
+            }
+            self.allowed_resends += 1;
+        }
+        if !self.spool.holds(&who) {
+            self.unprotected_sends += 1;
+            self.exposed_jobs.insert(who.0.clone());
+            let counted = self.machine.counters().statuses_unspooled;
+            if self.unprotected_sends > counted {
+                return Err(format!(
+                    "{}/{} sent before it was on disk: {} such sends, {counted} counted unprotected by the machine",
+                    who.0, who.1, self.unprotected_sends
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The model writer commits (or fails) the oldest batch, or everything queued, and reports it.
+    fn commit(&mut self, fail: bool, all: bool) -> Result<(), String> {
+        let Some((up_to, batch)) = self.spool.take(all) else {
+            return Ok(());
+        };
+        let result = if fail {
+            self.failed_commits += 1;
+            self.spool.stale = true;
+            Err("simulated disk failure".to_owned())
+        } else if self.spool.stale && !batch.full_snapshot {
+            Err("skipped: the spool is stale".to_owned())
+        } else {
+            self.spool.stale = false;
+            self.write(&batch)?;
+            Ok(())
+        };
+        self.step(Input::Persisted { up_to, result })?;
+        Ok(())
+    }
+
+    /// A batch reaches the disk: apply it and check that nothing on disk is forgotten before it is answered.
+    fn write(&mut self, batch: &SpoolBatch) -> Result<(), String> {
+        self.spool.apply(batch);
+        for update in self.spool.statuses.values() {
+            if let Some(seq) = update.metadata.extra.get("seq").and_then(Value::as_u64) {
+                self.ever_durable.insert(seq);
+            }
+        }
+        for seq in &self.ever_durable {
+            let (uuid, status) = &self.fed[*seq as usize];
+            let on_disk = self
+                .spool
+                .statuses
+                .values()
+                .any(|u| identity(u) == (uuid.clone(), *status, Some(*seq)));
+            if !on_disk
+                && !self.stored.contains(&(uuid.clone(), *status))
+                && !self.refused.contains(seq)
+            {
+                return Err(format!(
+                    "status seq {seq} ({uuid}/{status}) was on disk and is gone without an answer"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The process dies and restarts from the last durable commit.
+    fn crash(&mut self, committed_first: bool) -> Result<(), String> {
+        if !self.config.durable {
+            return Ok(());
+        }
+        if committed_first
+            && let Some((_, batch)) = self.spool.take(false)
+            && (!self.spool.stale || batch.full_snapshot)
+        {
+            self.spool.stale = false;
+            self.write(&batch)?;
+        }
+        // A new process opens the file as it is: up to date with itself.
+        self.spool.stale = false;
+        self.crashes += 1;
+        // The writer's queue dies with the process; the new one numbers its batches from 1 again.
+        self.spool.queue.clear();
+        self.spool.last_id = 0;
+        // The facilitator sees the socket drop; the job processes die with the client (parent-death signal).
+        self.drop_socket();
+        self.running.clear();
+        self.shutdown_at = None;
+        self.sent_this_life.clear();
+        self.unprotected_sends = 0;
+        self.late_before = self.late.len();
+        // Handler statuses neither on disk nor answered are lost: they must never have been on disk.
+        let on_disk: HashSet<u64> = self
+            .spool
+            .statuses
+            .values()
+            .filter_map(|u| u.metadata.extra.get("seq").and_then(Value::as_u64))
+            .collect();
+        for (seq, (uuid, status)) in self.fed.iter().enumerate() {
+            let seq = seq as u64;
+            if self.late.contains(&seq)
+                || on_disk.contains(&seq)
+                || self.refused.contains(&seq)
+                || self.stored.contains(&(uuid.clone(), *status))
+            {
+                continue;
+            }
+            if self.ever_durable.contains(&seq) {
+                return Err(format!(
+                    "status seq {seq} ({uuid}/{status}) was on disk and is lost in a crash"
+                ));
+            }
+            self.lost.insert(seq);
+        }
+        self.recovered = self.spool.statuses.values().map(identity).collect();
+        let recovered = Recovered {
+            statuses: self
+                .spool
+                .statuses
+                .iter()
+                .map(|(id, update)| SpooledStatus {
+                    id: *id,
+                    update: update.clone(),
+                })
+                .collect(),
+            jobs: self.spool.jobs.values().cloned().collect(),
+        };
+        self.machine = Machine::new(
+            self.config.clone(),
+            self.auth.clone(),
+            self.signers.clone(),
+            self.now,
+        );
+        let recovery = self.machine.recover(recovered);
+        self.interrupted += recovery.interrupted.len() as u64;
+        self.resumed += recovery.resume.len() as u64;
+        for resume in &recovery.resume {
+            let uuid = resume.job.uuid().to_owned();
+            // The re-attached task reports again what the lost process may have heard of.
+            self.terminal_fed.remove(&uuid);
+            self.running.push(uuid);
+        }
+        self.check_invariants()
     }
 
     fn check_order(&mut self, update: &JobStatusUpdate, seq: Option<u64>) -> Result<(), String> {
@@ -750,7 +1117,8 @@ impl Sim {
         }
         self.sent_on_socket.insert(uuid.clone(), seq);
         if self.ever_sent.insert(seq) {
-            if self.terminal_sent.contains(uuid) {
+            // A job with a status sent unprotected may be re-attached after a crash and report its end again.
+            if self.terminal_sent.contains(uuid) && !self.exposed_jobs.contains(uuid) {
                 return Err(format!(
                     "job {uuid}: {} (seq {seq}) sent after its terminal status",
                     update.status
@@ -790,12 +1158,19 @@ impl Sim {
                 config.max_running_jobs
             ));
         }
-        if c.statuses_dropped_late != self.late.len() as u64 {
+        let late = self.late.len() - self.late_before;
+        if c.statuses_dropped_late != late as u64 {
             return Err(format!(
-                "{} statuses dropped as late, {} fed after their job's terminal status",
+                "{} statuses dropped as late, {late} fed after their job's terminal status",
                 c.statuses_dropped_late,
-                self.late.len()
             ));
+        }
+        for (uuid, count) in &self.terminals_stored {
+            if *count > 1 && !self.exposed_jobs.contains(uuid) {
+                return Err(format!(
+                    "job {uuid} has {count} terminal statuses stored, and none of its statuses went out unprotected"
+                ));
+            }
         }
         if c.statuses_accepted != c.statuses_delivered + c.statuses_refused + m.held_len() as u64 {
             return Err(format!(
@@ -813,6 +1188,9 @@ impl Sim {
             .collect();
         for (seq, (uuid, status)) in self.fed.iter().enumerate() {
             let seq = seq as u64;
+            if self.lost.contains(&seq) {
+                continue;
+            }
             if self.late.contains(&seq) {
                 if held.contains(&seq) {
                     return Err(format!(
@@ -871,13 +1249,143 @@ impl Sim {
             if self.machine.state().is_stopped() {
                 return Ok(());
             }
-            if self.authed() && !self.server_in_flight.is_empty() {
+            if !self.spool.queue.is_empty() {
+                self.apply(SimEvent::Commit {
+                    fail: false,
+                    all: true,
+                })?;
+            } else if self.authed() && !self.server_in_flight.is_empty() {
                 self.apply(SimEvent::Ack { not_found: false })?;
             } else {
                 self.apply(SimEvent::Wait)?;
             }
         }
         Err("did not stop after Shutdown within 10,000 events".into())
+    }
+
+    /// With the spool, after [`Sim::shut_down_and_settle`]: the writer finishes what is queued, the process starts
+    /// again from the spool, delivers everything it recovered on a healthy link (re-attached jobs finish), and shuts
+    /// down. Then every job the facilitator stored `received` for has exactly one terminal status, unless one of
+    /// its statuses went out unprotected, and the spool is empty.
+    pub fn restart_and_deliver_everything(&mut self) -> Result<(), String> {
+        if !self.config.durable {
+            return Ok(());
+        }
+        while !self.spool.queue.is_empty() {
+            self.commit(false, true)?;
+        }
+        self.crash(false)?;
+        for _ in 0..10_000 {
+            if self.machine.held_len() == 0
+                && self.running.is_empty()
+                && self.spool.queue.is_empty()
+            {
+                break;
+            }
+            let event = if !self.spool.queue.is_empty() {
+                SimEvent::Commit {
+                    fail: false,
+                    all: true,
+                }
+            } else if self.socket == Socket::Opening {
+                SimEvent::OpenSucceeds
+            } else if matches!(
+                self.socket,
+                Socket::Open {
+                    authed: false,
+                    sent_anything: true,
+                    ..
+                }
+            ) {
+                SimEvent::AuthReply(AuthReply::Success)
+            } else if self.authed() && !self.server_in_flight.is_empty() {
+                SimEvent::Ack { not_found: false }
+            } else if self.authed() && !self.running.is_empty() {
+                // A re-attached task ends: its terminal status, then its handler returns.
+                let uuid = self.running[0].clone();
+                if self.terminal_fed.contains(&uuid) {
+                    SimEvent::HandlerFinishes { job: 0 }
+                } else {
+                    SimEvent::HandlerStatus { job: 0, status: 2 }
+                }
+            } else {
+                SimEvent::Wait
+            };
+            self.apply(event)?;
+        }
+        self.shut_down_and_settle()?;
+        while !self.spool.queue.is_empty() {
+            self.commit(false, true)?;
+        }
+        let received: HashSet<&String> = self
+            .stored
+            .iter()
+            .filter(|(_, status)| *status == JobStatus::Received)
+            .map(|(uuid, _)| uuid)
+            .collect();
+        for uuid in received {
+            let terminals = self.terminals_stored.get(uuid).copied().unwrap_or(0);
+            let excused = self.exposed_jobs.contains(uuid)
+                || (terminals == 0
+                    && (self.refused_jobs.contains(uuid)
+                        || self.ended_without_terminal.contains(uuid)));
+            if terminals != 1 && !excused {
+                return Err(format!(
+                    "job {uuid}: `received` stored and {terminals} terminal statuses, none of its statuses unprotected"
+                ));
+            }
+        }
+        if self.exposed_jobs.is_empty()
+            && (!self.spool.statuses.is_empty() || !self.spool.jobs.is_empty())
+        {
+            return Err(format!(
+                "after a clean run the spool still holds {} statuses and {} jobs",
+                self.spool.statuses.len(),
+                self.spool.jobs.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Crashes so far.
+    pub fn crashes(&self) -> u64 {
+        self.crashes
+    }
+
+    /// Failed commits reported to the machine so far.
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits
+    }
+
+    /// Recovered jobs reported `horde_failed` (interrupted) and re-attached (resumed), over all restarts.
+    pub fn recovered_jobs(&self) -> (u64, u64) {
+        (self.interrupted, self.resumed)
+    }
+
+    /// Handler statuses lost in crashes (never on disk: produced after the last commit, or released while the
+    /// spool was stale).
+    pub fn lost_in_crashes(&self) -> usize {
+        self.lost.len()
+    }
+
+    /// Answered statuses sent again after a restart because their removal had not reached the disk.
+    pub fn allowed_resends(&self) -> u64 {
+        self.allowed_resends
+    }
+
+    /// Jobs one of whose statuses went out before it was on disk.
+    pub fn exposed_jobs(&self) -> usize {
+        self.exposed_jobs.len()
+    }
+
+    /// Batches queued for the model writer.
+    pub fn queued_batches(&self) -> usize {
+        self.spool.queue.len()
+    }
+
+    /// The id of the last `Persist` batch the machine emitted (0: none yet).
+    pub fn last_batch_id(&self) -> u64 {
+        self.spool.last_id
     }
 
     /// Productive connections lost after at least one unproductive attempt (see the backoff invariant).
@@ -912,7 +1420,12 @@ pub const FUZZ_MAX_EVENTS: usize = 1_000;
 pub fn fuzz_transitions(data: &[u8]) -> Result<(), String> {
     let mut input = arbitrary::Unstructured::new(data);
     let seed: u64 = input.arbitrary().unwrap_or(0);
-    let mut sim = Sim::new(seed);
+    // The low bit of the seed picks the spool: both worlds get fuzzed.
+    let mut sim = if seed & 1 == 1 {
+        Sim::durable(seed)
+    } else {
+        Sim::new(seed)
+    };
     let mut events = Vec::new();
     while events.len() < FUZZ_MAX_EVENTS && !input.is_empty() {
         match input.arbitrary::<SimEvent>() {
@@ -921,5 +1434,6 @@ pub fn fuzz_transitions(data: &[u8]) -> Result<(), String> {
         }
     }
     sim.run(&events, FUZZ_MAX_EVENTS)?;
-    sim.shut_down_and_settle()
+    sim.shut_down_and_settle()?;
+    sim.restart_and_deliver_everything()
 }

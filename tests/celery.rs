@@ -295,13 +295,16 @@ async fn collect(
     let (tx, mut rx) = mpsc::channel(8);
     let task = tokio::spawn(start(StatusSender::new(uuid, tx)));
     let mut updates = Vec::new();
+    let mut attached = 0;
     while let Some(event) = timeout(LIMIT, rx.recv())
         .await
         .unwrap_or_else(|_| panic!("job {uuid} ends; so far {updates:?}"))
     {
         match event {
             HandlerEvent::Status(update) => updates.push(update),
-            other => panic!("handlers send only statuses: {other:?}"),
+            // The task id, for the spool: once, before any status.
+            HandlerEvent::Attached { .. } if attached == 0 && updates.is_empty() => attached += 1,
+            other => panic!("handlers send statuses, after at most one Attached: {other:?}"),
         }
     }
     timeout(LIMIT, task)
@@ -819,6 +822,10 @@ async fn a_restarted_client_reattaches_and_takes_the_terminal_status_from_the_re
     let (tx, mut rx) = mpsc::channel(8);
     let running =
         tokio::spawn(first.run(Arc::clone(&job), StatusSender::new(job_uuid.clone(), tx)));
+    let attached = timeout(LIMIT, rx.recv())
+        .await
+        .expect("the task is queued")
+        .expect("the job runs");
     let accepted = timeout(LIMIT, rx.recv())
         .await
         .expect("a status")
@@ -830,6 +837,16 @@ async fn a_restarted_client_reattaches_and_takes_the_terminal_status_from_the_re
     let spooled = enqueued
         .try_recv()
         .expect("the task id is reported for the spool");
+    // The job's own status stream says the same, in order with its statuses.
+    assert_eq!(
+        attached,
+        HandlerEvent::Attached {
+            uuid: job_uuid.clone(),
+            handler: facilitator_client::spool::HandlerRecord::Celery {
+                task_id: spooled.task_id.clone()
+            }
+        }
+    );
     assert_eq!(spooled.uuid, job_uuid);
     assert_eq!(
         first.task_id(&job_uuid).as_deref(),

@@ -22,8 +22,15 @@ fn program() -> Command {
     command
         .env_remove("RUST_LOG")
         .env_remove("FACILITATOR_HOTKEY_SEED")
-        .env("HOME", "/nonexistent-home");
+        .env("HOME", "/nonexistent-home")
+        // The default spool goes under the test's own directory, never the user's state directory.
+        .env("XDG_STATE_HOME", state_home());
     command
+}
+
+/// Where the program's default spools go in these tests: under Cargo's directory for test files.
+fn state_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-state")
 }
 
 /// Runs the program to completion (with a guard) and returns (exit code, stdout, stderr).
@@ -126,6 +133,8 @@ fn help_explains_every_run_flag_and_exits_zero() {
         "--wallet-name",
         "--hotkey-name",
         "--config",
+        "--spool",
+        "--no-spool",
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
     }
@@ -655,4 +664,204 @@ fn json_logs_and_the_metrics_listener_of_a_real_run() {
         "no job line with job_uuid"
     );
     runtime.block_on(facilitator.shutdown());
+}
+
+/// Starts `run` with these extra arguments (and environment) against `url`, stderr piped.
+fn spawn_run(
+    url: &str,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Child, mpsc::Receiver<String>) {
+    let mut command = program();
+    command
+        .args(["run", "--url", url])
+        .args(args)
+        .env("FACILITATOR_HOTKEY_SEED", SEED)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("the program starts");
+    let lines = stderr_lines(&mut child);
+    (child, lines)
+}
+
+/// Interrupts the program and returns its exit code and the rest of its stderr.
+fn interrupt(child: Child, lines: &mpsc::Receiver<String>, seen: &mut Vec<String>) -> Option<i32> {
+    sigint(&child);
+    let code = wait_with_guard(child).status.code();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        seen.push(line);
+    }
+    code
+}
+
+/// A URL nothing listens on: the client keeps retrying, which is all these tests need.
+const NOWHERE: &str = "ws://127.0.0.1:9/ws/v0/";
+
+#[test]
+fn the_default_spool_is_one_owner_only_file_under_the_state_directory() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let facilitator = runtime
+        .block_on(ReferenceFacilitator::start(FacilitatorConfig {
+            jobs: JobPlan::count(3),
+            ..Default::default()
+        }))
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (child, lines) = spawn_run(
+        &facilitator.url(),
+        &["--trusted-signer", &facilitator.signer_ss58()],
+        &[("XDG_STATE_HOME", state.path().as_os_str())],
+    );
+    let mut seen = Vec::new();
+    let line = wait_for_line(&lines, &mut seen, "spool: ");
+    let dir = state.path().join("facilitator-client");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the spool's directory was created")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "spool"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let ss58 = facilitator_client::protocol::keys::Hotkey::from_seed(&[7u8; 32]).ss58();
+    assert!(name.starts_with(&format!("{ss58}-")), "{name}");
+    assert!(
+        line.contains(&files[0].display().to_string()),
+        "the path is logged: {line}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&files[0]), mode(&dir)), (0o600, 0o700));
+    wait_for_line(
+        &lines,
+        &mut seen,
+        "recovered 0 unacknowledged status update(s) and 0 job(s)",
+    );
+    runtime
+        .block_on(facilitator.wait_for(|r| r.finished_jobs() == 3, GUARD))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let code = interrupt(child, &lines, &mut seen);
+    assert_eq!(code, Some(0), "{}", seen.join("\n"));
+    let last = seen
+        .iter()
+        .rev()
+        .find(|l| l.contains("stopped ("))
+        .expect("a final line");
+    assert!(
+        last.contains("spool up to date (0 status update(s) and 0 job(s)"),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_second_program_on_the_same_spool_exits_2_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("shared.spool");
+    let spool_arg = spool.to_str().unwrap();
+    let (first, lines) = spawn_run(NOWHERE, &["--spool", spool_arg], &[]);
+    let mut seen = Vec::new();
+    wait_for_line(&lines, &mut seen, "Disconnected -> Connecting");
+    let (code, _, stderr) = run_to_end(
+        program()
+            .args(["run", "--url", NOWHERE, "--spool", spool_arg])
+            .env("FACILITATOR_HOTKEY_SEED", SEED),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("in use by process {}", first.id()))
+            && stderr.contains("shared.spool.lock"),
+        "{stderr}"
+    );
+    assert_eq!(interrupt(first, &lines, &mut seen), Some(0));
+}
+
+#[test]
+fn an_explicit_spool_that_cannot_be_opened_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let spool = file.join("x.spool");
+    let (code, _, stderr) = run_to_end(
+        program()
+            .args(["run", "--url", NOWHERE, "--spool", spool.to_str().unwrap()])
+            .env("FACILITATOR_HOTKEY_SEED", SEED),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    // The same from the configuration file.
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!("spool = {:?}\n", spool.display().to_string()),
+    )
+    .unwrap();
+    let (code, _, stderr) = run_to_end(
+        program()
+            .args([
+                "run",
+                "--url",
+                NOWHERE,
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .env("FACILITATOR_HOTKEY_SEED", SEED),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn a_default_location_that_cannot_be_created_means_running_from_memory_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    // A state "directory" that is a file: nothing can be created under it, whoever runs the test.
+    let not_a_dir = dir.path().join("state");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let (child, lines) = spawn_run(NOWHERE, &[], &[("XDG_STATE_HOME", not_a_dir.as_os_str())]);
+    let mut seen = Vec::new();
+    let warning = wait_for_line(&lines, &mut seen, "no spool:");
+    assert!(warning.contains("a crash"), "{warning}");
+    wait_for_line(&lines, &mut seen, "Disconnected -> Connecting");
+    assert_eq!(interrupt(child, &lines, &mut seen), Some(0));
+}
+
+#[test]
+fn no_spool_and_spool_false_run_from_memory_with_a_warning_and_spool_in_the_file_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, lines) = spawn_run(NOWHERE, &["--no-spool"], &[]);
+    let mut seen = Vec::new();
+    wait_for_line(&lines, &mut seen, "--no-spool: no spool:");
+    // Signals are handled once the run has started.
+    wait_for_line(&lines, &mut seen, "Disconnected -> Connecting");
+    assert_eq!(interrupt(child, &lines, &mut seen), Some(0));
+
+    let off = dir.path().join("off.toml");
+    std::fs::write(&off, "spool = false\n").unwrap();
+    let (child, lines) = spawn_run(NOWHERE, &["--config", off.to_str().unwrap()], &[]);
+    let mut seen = Vec::new();
+    wait_for_line(&lines, &mut seen, "spool = false: no spool:");
+    wait_for_line(&lines, &mut seen, "Disconnected -> Connecting");
+    assert_eq!(interrupt(child, &lines, &mut seen), Some(0));
+
+    let spool = dir.path().join("from-file.spool");
+    let on = dir.path().join("on.toml");
+    std::fs::write(&on, format!("spool = {:?}\n", spool.display().to_string())).unwrap();
+    let (child, lines) = spawn_run(NOWHERE, &["--config", on.to_str().unwrap()], &[]);
+    let mut seen = Vec::new();
+    wait_for_line(&lines, &mut seen, &format!("spool: {}", spool.display()));
+    wait_for_line(&lines, &mut seen, "Disconnected -> Connecting");
+    assert_eq!(interrupt(child, &lines, &mut seen), Some(0));
+    assert!(spool.is_file());
+
+    // --spool and --no-spool together make no sense.
+    let (code, _, stderr) = run_to_end(
+        program()
+            .args(["run", "--url", NOWHERE, "--no-spool", "--spool", "x.spool"])
+            .env("FACILITATOR_HOTKEY_SEED", SEED),
+    );
+    assert_eq!(code, 2, "{stderr}");
 }

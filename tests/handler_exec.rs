@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use facilitator_client::handler::orphans::{self, Orphans};
 use facilitator_client::handler::{
     EchoHandler, ExecHandler, HandlerEvent, JobHandler, StatusSender,
 };
@@ -15,6 +16,7 @@ use facilitator_client::protocol::{
     HordeFailureReason, JobFailureReason, JobParticipantType, JobRequest, JobStage, JobStatus,
     JobStatusUpdate,
 };
+use facilitator_client::spool::HandlerRecord;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
@@ -28,17 +30,20 @@ fn job() -> Arc<JobRequest> {
     Arc::new(JobRequest::parse(&text).expect("the test job parses"))
 }
 
-/// Runs one job to its end and returns every status it reported.
+/// Runs one job to its end and returns every status it reported (after at most one `Attached`, first).
 async fn run(handler: &dyn JobHandler, job: Arc<JobRequest>) -> Vec<JobStatusUpdate> {
     let (tx, mut rx) = mpsc::channel(16);
     let task = tokio::spawn(handler.run(job, StatusSender::new(UUID, tx)));
     let mut updates = Vec::new();
+    let mut first = true;
     // The channel closes when the handler's future ends (it owns the only sender).
     while let Some(event) = timeout(LIMIT, rx.recv()).await.expect("the job ends") {
         match event {
             HandlerEvent::Status(update) => updates.push(update),
-            other => panic!("handlers send only statuses: {other:?}"),
+            HandlerEvent::Attached { .. } if first => {}
+            other => panic!("handlers send statuses, after at most one Attached: {other:?}"),
         }
+        first = false;
     }
     timeout(LIMIT, task)
         .await
@@ -363,7 +368,12 @@ async fn exec_dropping_the_job_kills_its_process_group_including_grandchildren()
     );
     let (tx, mut rx) = mpsc::channel(16);
     let task = tokio::spawn(ExecHandler::new(command).run(job(), StatusSender::new(UUID, tx)));
-    let first = timeout(LIMIT, rx.recv()).await.expect("the script starts");
+    let attached = timeout(LIMIT, rx.recv()).await.expect("the script starts");
+    assert!(
+        matches!(&attached, Some(HandlerEvent::Attached { .. })),
+        "{attached:?}"
+    );
+    let first = timeout(LIMIT, rx.recv()).await.expect("the script runs");
     assert!(
         matches!(&first, Some(HandlerEvent::Status(u)) if u.status == JobStatus::Accepted),
         "{first:?}"
@@ -394,12 +404,20 @@ async fn exec_stops_and_kills_the_command_when_the_client_has_stopped() {
         quoted(&shell_pid),
         quoted(&child_pid)
     );
-    let (tx, rx) = mpsc::channel(16);
-    drop(rx);
+    let (tx, mut rx) = mpsc::channel(16);
     let handler = ExecHandler::new(command);
-    timeout(LIMIT, handler.run(job(), StatusSender::new(UUID, tx)))
+    let task = tokio::spawn(handler.run(job(), StatusSender::new(UUID, tx)));
+    // The client takes where the job runs, then stops: the job's `accepted` cannot be handed over.
+    let attached = timeout(LIMIT, rx.recv()).await.expect("the script starts");
+    assert!(
+        matches!(attached, Some(HandlerEvent::Attached { .. })),
+        "{attached:?}"
+    );
+    drop(rx);
+    timeout(LIMIT, task)
         .await
-        .expect("the handler returns once its status cannot be handed over");
+        .expect("the handler returns once its status cannot be handed over")
+        .expect("no panic");
     let (shell, child) = (read_pid(&shell_pid), read_pid(&child_pid));
     let _cleanup = Cleanup(vec![shell, child]);
     assert_gone_soon(shell, "the job's shell").await;
@@ -519,4 +537,194 @@ async fn exec_small_max_output_caps_what_is_kept() {
         response.docker_process_stdout,
         "0123\n[facilitator-client: output truncated, 13 bytes left out]\nhij\n"
     );
+}
+
+#[tokio::test]
+async fn exec_reports_its_process_group_and_start_time_before_any_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("shell");
+    let command = format!(
+        r#"echo $$ > {}; echo '{{"status":"accepted"}}'; read line"#,
+        quoted(&pid_file)
+    );
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = tokio::spawn(ExecHandler::new(command).run(job(), StatusSender::new(UUID, tx)));
+    let attached = timeout(LIMIT, rx.recv()).await.expect("the script starts");
+    let accepted = timeout(LIMIT, rx.recv()).await.expect("the script runs");
+    assert!(
+        matches!(&accepted, Some(HandlerEvent::Status(u)) if u.status == JobStatus::Accepted),
+        "{accepted:?}"
+    );
+    let shell = read_pid(&pid_file);
+    let _cleanup = Cleanup(vec![shell]);
+    let stat = std::fs::read_to_string(format!("/proc/{shell}/stat")).expect("the shell runs");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let start_time: u64 = fields[22 - 3].parse().unwrap();
+    assert_eq!(
+        attached,
+        Some(HandlerEvent::Attached {
+            uuid: UUID.to_owned(),
+            handler: HandlerRecord::Exec {
+                pgid: shell,
+                start_time,
+            },
+        }),
+        "the group is the shell's, with the shell's start time"
+    );
+    task.abort();
+    assert_gone_soon(shell, "the job's shell").await;
+}
+
+/// Run by `the_job_s_shell_dies_with_the_client_process` in a child process: runs one `exec:` job whose shell
+/// writes its PID to `$EXEC_PID_FILE` and loops, until this process is killed.
+#[test]
+#[ignore = "a helper run in a child process"]
+fn child_runs_a_long_exec_job() {
+    let Some(pid_file) = std::env::var_os("EXEC_PID_FILE") else {
+        return;
+    };
+    let command = format!(
+        "echo $$ > {}; while :; do sleep 0.2; done",
+        quoted(Path::new(&pid_file))
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let (tx, mut rx) = mpsc::channel(16);
+        let _job = tokio::spawn(ExecHandler::new(command).run(job(), StatusSender::new(UUID, tx)));
+        while rx.recv().await.is_some() {}
+    });
+}
+
+#[test]
+fn the_job_s_shell_dies_with_the_client_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("shell");
+    let mut client = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_runs_a_long_exec_job",
+            "--nocapture",
+        ])
+        .env("EXEC_PID_FILE", &pid_file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the helper starts");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !std::fs::read_to_string(&pid_file).is_ok_and(|t| t.ends_with('\n')) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job's shell started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shell = read_pid(&pid_file);
+    let _cleanup = Cleanup(vec![shell]);
+    assert!(is_alive(shell), "the job's shell runs");
+    // SIGKILL: no drop guard, no cleanup of any kind runs in the client.
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while is_alive(shell) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job's shell (pid {shell}) outlived its client by 10 s: no parent-death signal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `sh -c script` in its own process group (as the `exec:` handler does) and returns it with its pid and
+/// start time.
+fn group_leader(script: &str) -> (std::process::Child, i32, u64) {
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new("sh")
+        .args(["-c", script])
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh starts");
+    let pid = child.id() as i32;
+    let start = orphans::proc_stat(pid).expect("the leader runs").start_time;
+    (child, pid, start)
+}
+
+/// The pids a script printed, one a line, until `count`.
+fn printed_pids(child: &mut std::process::Child, count: usize) -> Vec<libc::pid_t> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("piped");
+    let mut lines = std::io::BufReader::new(out).lines();
+    (0..count)
+        .map(|_| {
+            lines
+                .next()
+                .expect("a line")
+                .expect("readable")
+                .trim()
+                .parse()
+                .expect("a pid")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn recovery_kills_a_spooled_process_group_and_spares_a_reused_pid() {
+    let (mut leader, pgid, start_time) =
+        group_leader("sleep 1000 & echo $!; sleep 1000 & echo $!; wait");
+    let children = printed_pids(&mut leader, 2);
+    let mut all = children.clone();
+    all.push(pgid);
+    let _cleanup = Cleanup(all.clone());
+
+    // Another start time: a process that merely reuses the pid. Nothing is signalled.
+    assert_eq!(
+        orphans::kill_orphaned_group(pgid, start_time + 1).unwrap(),
+        Orphans::PidReused
+    );
+    assert!(all.iter().all(|&pid| is_alive(pid)), "nothing was killed");
+
+    assert_eq!(
+        orphans::kill_orphaned_group(pgid, start_time).unwrap(),
+        Orphans::Killed { processes: 3 }
+    );
+    leader.wait().expect("the leader is reaped");
+    for pid in children {
+        assert_gone_soon(pid, "a process of the spooled group").await;
+    }
+    assert_eq!(
+        orphans::kill_orphaned_group(pgid, start_time).unwrap(),
+        Orphans::Gone
+    );
+}
+
+#[tokio::test]
+async fn recovery_kills_what_a_dead_shell_left_in_its_group_when_it_fits_the_record() {
+    // The shell exits (as the parent-death signal makes it) and leaves a child in its group.
+    let (mut leader, pgid, start_time) = group_leader("sleep 1000 & echo $!");
+    let orphan = printed_pids(&mut leader, 1)[0];
+    let _cleanup = Cleanup(vec![orphan]);
+    leader.wait().expect("the shell exits");
+    assert!(is_alive(orphan), "its child lives on in the group");
+
+    // A record whose leader started after the orphan cannot be this group's: left alone.
+    let later = orphans::proc_stat(orphan).unwrap().start_time + 1;
+    assert_eq!(
+        orphans::kill_orphaned_group(pgid, later).unwrap(),
+        Orphans::NotTheJobs
+    );
+    assert!(is_alive(orphan));
+
+    assert_eq!(
+        orphans::kill_orphaned_group(pgid, start_time).unwrap(),
+        Orphans::Killed { processes: 1 }
+    );
+    assert_gone_soon(orphan, "the dead shell's child").await;
 }

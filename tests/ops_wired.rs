@@ -173,6 +173,11 @@ fn unusable_ops_flags_are_configuration_errors() {
     let run = |args: &[&str]| {
         std::process::Command::new(exe)
             .arg("run")
+            // Never the user's state directory: a spool, if any, under Cargo's directory for test files.
+            .env(
+                "XDG_STATE_HOME",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ops-wired-state"),
+            )
             .args(["--url", "wss://facilitator.example/ws/v0/"])
             .args(args)
             .env("FACILITATOR_HOTKEY_SEED", format!("0x{}", "07".repeat(32)))

@@ -85,6 +85,18 @@ fn flapping_event() -> impl Strategy<Value = SimEvent> {
     ]
 }
 
+/// With the spool: the writer commits often, sometimes fails, handlers say where their work runs, and the process
+/// crashes now and then, at any step.
+fn durable_event() -> impl Strategy<Value = SimEvent> {
+    prop_oneof![
+        60 => event(),
+        30 => any::<bool>().prop_map(|all| SimEvent::Commit { fail: false, all }),
+        10 => any::<bool>().prop_map(|all| SimEvent::Commit { fail: true, all }),
+        2 => any::<bool>().prop_map(|committed_first| SimEvent::Crash { committed_first }),
+        8 => (any::<u8>(), any::<bool>()).prop_map(|(job, celery)| SimEvent::Attach { job, celery }),
+    ]
+}
+
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
@@ -126,6 +138,20 @@ proptest! {
 
 proptest! {
     #![proptest_config(config(512))]
+
+    /// Every status that was on disk stays there until answered, a crash loses only what never reached the disk,
+    /// order holds across restarts, nothing answered is re-sent unless it was still on disk, nothing leaves before
+    /// it is on disk unless counted, and after a final restart every job has exactly one terminal status.
+    #[test]
+    fn with_the_spool_crashes_and_failing_disks_lose_only_what_never_reached_the_disk(
+        seed in any::<u64>(),
+        events in proptest::collection::vec(durable_event(), 0..400),
+    ) {
+        let mut sim = Sim::durable(seed);
+        sim.run(&events, events.len()).map_err(TestCaseError::fail)?;
+        sim.shut_down_and_settle().map_err(TestCaseError::fail)?;
+        sim.restart_and_deliver_everything().map_err(TestCaseError::fail)?;
+    }
 
     #[test]
     fn a_flapping_link_never_escalates_the_backoff_after_progress(
@@ -247,4 +273,49 @@ fn random_sequences_reach_every_interesting_situation() {
         cancelled > 5 && rejected_busy > 5 && fatal > 5 && graceful > 5,
         "too few drains or stops"
     );
+}
+
+#[test]
+fn durable_sequences_crash_with_statuses_in_flight_jobs_running_and_a_failing_disk() {
+    // Guards the generator above: the durability properties only bite if crashes meet unacknowledged statuses,
+    // running jobs of both kinds, and failed commits.
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = (
+        any::<u64>(),
+        proptest::collection::vec(durable_event(), 0..400),
+    );
+    let (mut crashes, mut failed, mut lost, mut resends, mut exposed, mut interrupted, mut resumed) =
+        (0, 0, 0, 0, 0, 0, 0);
+    for _ in 0..200 {
+        let (seed, events) = strategy.new_tree(&mut runner).unwrap().current();
+        let mut sim = Sim::durable(seed);
+        sim.run(&events, events.len()).unwrap();
+        sim.shut_down_and_settle().unwrap();
+        sim.restart_and_deliver_everything().unwrap();
+        crashes += sim.crashes();
+        failed += sim.failed_commits();
+        lost += sim.lost_in_crashes();
+        resends += sim.allowed_resends();
+        exposed += sim.exposed_jobs();
+        let (i, r) = sim.recovered_jobs();
+        interrupted += i;
+        resumed += r;
+    }
+    println!(
+        "200 durable runs: {crashes} crashes, {failed} failed commits, {lost} statuses lost (never on disk), \
+         {resends} answered statuses re-sent from the spool, {exposed} jobs with a status sent unprotected, \
+         {interrupted} jobs reported horde_failed at recovery, {resumed} re-attached"
+    );
+    assert!(crashes > 400 && failed > 100, "too few crashes or failures");
+    assert!(
+        lost > 10 && resends > 10,
+        "crashes rarely met statuses in flight"
+    );
+    assert!(
+        interrupted > 30 && resumed > 10,
+        "crashes rarely met running jobs"
+    );
+    assert!(exposed > 20, "failing disks rarely released statuses");
 }

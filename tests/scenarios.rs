@@ -4,17 +4,23 @@
 //! written in a compact notation (see `states/README.md`). With `UPDATE_SCENARIOS=1` the expected values of a
 //! scenario whose steps have `"state": null` are filled in from the machine, for review before committing; a
 //! scenario with expectations is never rewritten.
+//!
+//! With `"durable": true` in its config, a scenario drives the spool too: its `Persist` batches queue for a model
+//! writer, `{"Commit": "ok"}` commits everything queued (merged, as the real writer does) and `{"Commit": "<error>"}`
+//! fails it, and `"Crash"` kills the process: a new machine starts from what the model spool holds and recovers it.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use facilitator_client::machine::{Action, BackoffConfig, Config, Event, Input, Machine};
+use facilitator_client::machine::{Action, BackoffConfig, Config, Event, Input, Machine, Recovery};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::testing::signed_job_text;
 use facilitator_client::protocol::{
     ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage,
     TrustedSigners, decode_server_frame,
 };
+use facilitator_client::spool::{HandlerRecord, JobRecord, Recovered, SpoolBatch, SpooledStatus};
 use serde_json::{Map, Value, json};
 
 fn uuid_of(name: &str) -> String {
@@ -66,7 +72,138 @@ fn config(overrides: &Value) -> Config {
             .get("max_running_jobs")
             .and_then(Value::as_u64)
             .unwrap_or(256) as usize,
+        durable: overrides
+            .get("durable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     }
+}
+
+/// The model spool of a durable scenario: what is on disk, and the batches queued for the writer.
+#[derive(Default)]
+struct ModelSpool {
+    statuses: BTreeMap<u64, JobStatusUpdate>,
+    jobs: BTreeMap<String, JobRecord>,
+    queue: VecDeque<(u64, SpoolBatch)>,
+    /// A commit failed: no delta is written until a snapshot commits (as `SpoolWorker` does).
+    stale: bool,
+}
+
+impl ModelSpool {
+    fn apply(&mut self, batch: &SpoolBatch) {
+        if batch.full_snapshot {
+            self.statuses.clear();
+            self.jobs.clear();
+        }
+        for s in &batch.put_statuses {
+            self.statuses.insert(s.id, s.update.clone());
+        }
+        for j in &batch.put_jobs {
+            self.jobs.insert(j.uuid.clone(), j.clone());
+        }
+        for id in &batch.remove_statuses {
+            self.statuses.remove(id);
+        }
+        for uuid in &batch.remove_jobs {
+            self.jobs.remove(uuid);
+        }
+    }
+
+    /// Everything queued as one commit: its result, as the machine is told.
+    fn commit(&mut self, result: &str) -> Option<Input> {
+        let (mut up_to, mut batch) = self.queue.pop_front()?;
+        while let Some((id, later)) = self.queue.pop_front() {
+            batch.merge(later);
+            up_to = id;
+        }
+        let result = if result != "ok" {
+            self.stale = true;
+            Err(result.to_owned())
+        } else if self.stale && !batch.full_snapshot {
+            Err("not written: the spool is stale".to_owned())
+        } else {
+            self.stale = false;
+            self.apply(&batch);
+            Ok(())
+        };
+        Some(Input::Persisted { up_to, result })
+    }
+
+    fn recovered(&self) -> Recovered {
+        Recovered {
+            statuses: self
+                .statuses
+                .iter()
+                .map(|(id, update)| SpooledStatus {
+                    id: *id,
+                    update: update.clone(),
+                })
+                .collect(),
+            jobs: self.jobs.values().cloned().collect(),
+        }
+    }
+
+    /// What the spool holds, in the notation of `final_spool`.
+    fn describe(&self) -> Value {
+        let statuses: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|(id, u)| format!("{id}:{}({})", u.status, name_of(&u.uuid)))
+            .collect();
+        let jobs: Vec<String> = self.jobs.values().map(describe_job).collect();
+        json!({"statuses": statuses, "jobs": jobs})
+    }
+}
+
+fn describe_job(record: &JobRecord) -> String {
+    match &record.handler {
+        None => name_of(&record.uuid),
+        Some(HandlerRecord::Exec { pgid, .. }) => format!("{}[exec {pgid}]", name_of(&record.uuid)),
+        Some(HandlerRecord::Celery { task_id }) => {
+            format!("{}[celery {task_id}]", name_of(&record.uuid))
+        }
+    }
+}
+
+fn render_batch(id: u64, batch: &SpoolBatch) -> String {
+    let mut parts = Vec::new();
+    for s in &batch.put_statuses {
+        parts.push(format!(
+            "+{}:{}({})",
+            s.id,
+            s.update.status,
+            name_of(&s.update.uuid)
+        ));
+    }
+    for j in &batch.put_jobs {
+        parts.push(format!("+{}", describe_job(j)));
+    }
+    for id in &batch.remove_statuses {
+        parts.push(format!("-{id}"));
+    }
+    for uuid in &batch.remove_jobs {
+        parts.push(format!("-{}", name_of(uuid)));
+    }
+    let kind = if batch.full_snapshot {
+        "Snapshot"
+    } else {
+        "Persist"
+    };
+    format!("{kind}({id}:{})", parts.join(" "))
+}
+
+fn render_recovery(recovery: &Recovery) -> Vec<String> {
+    let names = |uuids: &mut dyn Iterator<Item = String>| {
+        uuids.map(|u| name_of(&u)).collect::<Vec<_>>().join(",")
+    };
+    vec![format!(
+        "Recovered(statuses={},jobs={},interrupted=[{}],resume=[{}],kill={})",
+        recovery.statuses,
+        recovery.jobs,
+        names(&mut recovery.interrupted.iter().cloned()),
+        names(&mut recovery.resume.iter().map(|r| r.job.uuid().to_owned())),
+        recovery.kill.len()
+    )]
 }
 
 struct World {
@@ -125,6 +262,21 @@ impl World {
                 ))
             }
             "JobFinished" => Input::JobFinished(uuid_of(&text(arg))),
+            "Attach" => {
+                let parts = arg.as_array().expect("Attach takes [job, exec|celery]");
+                let uuid = uuid_of(parts[0].as_str().unwrap());
+                let handler = match parts[1].as_str() {
+                    Some("exec") => HandlerRecord::Exec {
+                        pgid: 4242,
+                        start_time: 77,
+                    },
+                    Some("celery") => HandlerRecord::Celery {
+                        task_id: "task-1".to_owned(),
+                    },
+                    other => panic!("Attach takes exec or celery, not {other:?}"),
+                };
+                Input::JobAttached { uuid, handler }
+            }
             other => panic!("unknown input {other}"),
         }
     }
@@ -182,6 +334,16 @@ fn render(action: &Action) -> String {
         Action::Emit(Event::JobUnanswered { uuid }) => {
             format!("Emit:JobUnanswered({})", name_of(uuid))
         }
+        Action::Emit(Event::SpoolCommitFailed {
+            released, retry_in, ..
+        }) => format!(
+            "Emit:SpoolCommitFailed(released={released},retry_in={})",
+            retry_in.map_or("now".to_owned(), |d| format!("{}ms", d.as_millis()))
+        ),
+        Action::Emit(Event::SpoolUpToDate { stale_for }) => {
+            format!("Emit:SpoolUpToDate(after={}ms)", stale_for.as_millis())
+        }
+        Action::Persist { id, batch } => render_batch(*id, batch),
         Action::Emit(other) => panic!("an event the scenarios cannot render: {other:?}"),
         Action::Stop(reason) => format!("Stop({reason:?})"),
     }
@@ -209,15 +371,37 @@ fn run_scenario(path: &Path) -> Result<(), String> {
     let signers =
         TrustedSigners::new(own.public_key(), &[world.signer.ss58()]).map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let mut machine = Machine::new(config(&doc["config"]), own.auth_request(), signers, start);
+    let config = config(&doc["config"]);
+    let mut machine = Machine::new(config.clone(), own.auth_request(), signers.clone(), start);
+    let mut spool = ModelSpool::default();
     let bless = std::env::var_os("UPDATE_SCENARIOS").is_some();
     let mut blessed = false;
     let steps = doc["steps"].as_array_mut().ok_or("no steps")?;
     for (i, step) in steps.iter_mut().enumerate() {
         let at =
             start + Duration::from_millis(step["at"].as_u64().ok_or(format!("step {i}: no 'at'"))?);
-        let input = world.input(&step["input"]);
-        let actions: Vec<String> = machine.step(input, at).iter().map(render).collect();
+        let produced = if step["input"] == json!("Crash") {
+            // The process dies: what was queued for the writer is lost; a new one recovers the spool.
+            spool.queue.clear();
+            spool.stale = false;
+            machine = Machine::new(config.clone(), own.auth_request(), signers.clone(), at);
+            render_recovery(&machine.recover(spool.recovered()))
+        } else {
+            let input = match step["input"].get("Commit").and_then(Value::as_str) {
+                Some(result) => spool
+                    .commit(result)
+                    .ok_or(format!("step {i}: Commit with nothing queued"))?,
+                None => world.input(&step["input"]),
+            };
+            let actions = machine.step(input, at);
+            for action in &actions {
+                if let Action::Persist { id, batch } = action {
+                    spool.queue.push_back((*id, batch.clone()));
+                }
+            }
+            actions.iter().map(render).collect()
+        };
+        let actions: Vec<String> = produced;
         let state = machine.state().kind().as_str();
         let deadline = machine
             .poll_timeout()
@@ -276,9 +460,20 @@ fn run_scenario(path: &Path) -> Result<(), String> {
             doc["final_undelivered"]
         ));
     }
+    if config.durable && doc.get("final_spool").is_some() && doc["final_spool"] != spool.describe()
+    {
+        return Err(format!(
+            "the spool at the end holds {}, expected {}",
+            spool.describe(),
+            doc["final_spool"]
+        ));
+    }
     if blessed {
         let obj: &mut Map<String, Value> = doc.as_object_mut().ok_or("a scenario is an object")?;
         obj.insert("final_undelivered".into(), json!(undelivered));
+        if config.durable {
+            obj.insert("final_spool".into(), spool.describe());
+        }
         std::fs::write(
             path,
             serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n",

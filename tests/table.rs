@@ -8,11 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use facilitator_client::machine::{ActionKind, Incoming, Input, InputKind, Machine, StateKind};
+use facilitator_client::machine::{
+    ActionKind, Config, Incoming, Input, InputKind, Machine, StateKind,
+};
 use facilitator_client::protocol::{
     DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage, error_type,
 };
-use facilitator_client::sim::{AuthReply, JobKind, Sim, SimEvent};
+use facilitator_client::sim::{AuthReply, JobKind, Sim, SimEvent, sim_config};
+use facilitator_client::spool::HandlerRecord;
 use serde_json::Value;
 
 #[derive(Debug)]
@@ -55,17 +58,7 @@ fn load_table() -> (Value, BTreeMap<(String, String), Row>) {
     (doc, rows)
 }
 
-const ALL_ACTIONS: [ActionKind; 9] = [
-    ActionKind::Open,
-    ActionKind::Send,
-    ActionKind::Ping,
-    ActionKind::Close,
-    ActionKind::Abort,
-    ActionKind::Dispatch,
-    ActionKind::CancelJobs,
-    ActionKind::Emit,
-    ActionKind::Stop,
-];
+const ALL_ACTIONS: [ActionKind; 10] = ActionKind::ALL;
 
 #[test]
 fn table_lists_every_state_and_input_pair_exactly_once() {
@@ -134,13 +127,44 @@ fn fixtures() -> Vec<(&'static str, Sim)> {
         AuthReply(self::AuthReply::Success),
         PushJob(JobKind::Valid),
     ];
-    let build = |name: &'static str, parts: &[&[SimEvent]]| {
-        let mut sim = Sim::new(1);
+    let build_with = |name: &'static str, config: Config, parts: &[&[SimEvent]]| {
+        let mut sim = Sim::with_config(config);
         for event in parts.iter().flat_map(|p| p.iter()) {
             sim.apply(*event)
                 .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
         }
         (name, sim)
+    };
+    let build = |name: &'static str, parts: &[&[SimEvent]]| build_with(name, sim_config(1), parts);
+    let durable = Config {
+        durable: true,
+        ..sim_config(1)
+    };
+    let spool =
+        |name: &'static str, parts: &[&[SimEvent]]| build_with(name, durable.clone(), parts);
+    // The spool's writer: a commit that succeeds, and two that fail (the first failure writes a snapshot at once,
+    // the second schedules the next one a second later).
+    let commit = [Commit {
+        fail: false,
+        all: true,
+    }];
+    let failing = [
+        Commit {
+            fail: true,
+            all: true,
+        },
+        Commit {
+            fail: true,
+            all: true,
+        },
+    ];
+    // A reconnect delay longer than the spool's first retry, so a snapshot falls due while disconnected.
+    let slow_reconnect = Config {
+        backoff: facilitator_client::machine::BackoffConfig {
+            base: std::time::Duration::from_secs(5),
+            ..durable.backoff
+        },
+        ..durable.clone()
     };
     vec![
         build("disconnected, fresh", &[]),
@@ -182,6 +206,80 @@ fn fixtures() -> Vec<(&'static str, Sim)> {
             &[&with_job, &[HandlerFinishes { job: 0 }, Shutdown]],
         ),
         build("stopped", &[&authed, &[ForceStop]]),
+        // With the spool.
+        spool(
+            "spool: disconnected, job running, received not yet on disk",
+            &[&with_job, &[SocketFails]],
+        ),
+        build_with(
+            "spool: disconnected, stale, a snapshot due before the reconnect",
+            slow_reconnect,
+            &[&with_job, &[SocketFails], &failing],
+        ),
+        spool(
+            "spool: connecting, authenticating, job running",
+            &[&with_job, &[SocketFails, Wait, OpenSucceeds]],
+        ),
+        spool(
+            "spool: connecting, stale, a snapshot due",
+            &[&with_job, &[SocketFails, Wait, OpenSucceeds], &failing],
+        ),
+        spool("spool: running, received not yet on disk", &[&with_job]),
+        spool(
+            "spool: running, received on disk and sent",
+            &[&with_job, &commit],
+        ),
+        spool(
+            "spool: running, job attached to a Celery task",
+            &[
+                &with_job,
+                &[Attach {
+                    job: 0,
+                    celery: true,
+                }],
+                &commit,
+            ],
+        ),
+        spool(
+            "spool: running, stale, a snapshot due",
+            &[&with_job, &failing],
+        ),
+        spool(
+            "spool: running, stale, a snapshot under way",
+            &[&with_job, &failing[..1]],
+        ),
+        spool(
+            "spool: draining, job running",
+            &[&with_job, &commit, &[Shutdown]],
+        ),
+        spool(
+            "spool: draining, received not yet on disk",
+            &[&with_job, &[Shutdown]],
+        ),
+        spool(
+            "spool: draining, stale, a snapshot due",
+            &[&with_job, &[Shutdown], &failing],
+        ),
+        spool(
+            "spool: draining, at the drain deadline",
+            &[&with_job, &commit, &[Shutdown, Wait, Pong, Wait, Pong]],
+        ),
+        spool(
+            "spool: draining, at the drain deadline, a Celery job",
+            &[
+                &with_job,
+                &[Attach {
+                    job: 0,
+                    celery: true,
+                }],
+                &commit,
+                &[Shutdown, Wait, Pong, Wait, Pong],
+            ],
+        ),
+        spool(
+            "spool: stopped, a batch still queued",
+            &[&with_job, &[ForceStop]],
+        ),
     ]
 }
 
@@ -266,6 +364,39 @@ fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
             )),
         ],
         InputKind::JobFinished => vec![Input::JobFinished(job_uuid)],
+        InputKind::JobAttached => vec![
+            Input::JobAttached {
+                uuid: job_uuid.clone(),
+                handler: HandlerRecord::Exec {
+                    pgid: 4242,
+                    start_time: 77,
+                },
+            },
+            Input::JobAttached {
+                uuid: job_uuid,
+                handler: HandlerRecord::Celery {
+                    task_id: "task-1".to_owned(),
+                },
+            },
+            // A job the machine no longer knows: never re-created.
+            Input::JobAttached {
+                uuid: "00000000-0000-4000-8000-0000000dddd1".into(),
+                handler: HandlerRecord::Exec {
+                    pgid: 1,
+                    start_time: 1,
+                },
+            },
+        ],
+        InputKind::Persisted => vec![
+            Input::Persisted {
+                up_to: sim.last_batch_id(),
+                result: Ok(()),
+            },
+            Input::Persisted {
+                up_to: sim.last_batch_id(),
+                result: Err("No space left on device (os error 28)".into()),
+            },
+        ],
         InputKind::Shutdown => vec![Input::Shutdown],
         InputKind::ForceStop => vec![Input::ForceStop],
     }

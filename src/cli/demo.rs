@@ -84,6 +84,11 @@ pub(super) async fn run(jobs: u64, colour: bool) -> Result<u8, CliError> {
         ..BackoffConfig::default()
     };
     let hotkey = Hotkey::from_seed(&DEMO_SEED);
+    // A spool of its own, removed at the end: the demo never touches the user's state directory.
+    let spool_dir =
+        std::env::temp_dir().join(format!("facilitator-client-demo-{}", std::process::id()));
+    let _remove_spool = RemoveOnDrop(spool_dir.clone());
+    config.spool = Some(spool_dir.join("demo.spool"));
     println!("{}", style.bold("facilitator-client demo"));
     println!(
         "  reference facilitator at {} (jobs signed by {}), {jobs} jobs, the first connection drops after {drop_after} messages",
@@ -190,6 +195,21 @@ pub(super) async fn run(jobs: u64, colour: bool) -> Result<u8, CliError> {
         ),
         ("lost", lost.to_string()),
         ("reconnects", c.reconnects.to_string()),
+        (
+            "spool",
+            match &outcome.spool {
+                Some(spool) => format!(
+                    "{} batches written; {}",
+                    c.spool_batches,
+                    if spool.up_to_date && spool.statuses == 0 && spool.jobs == 0 {
+                        "empty at the end".to_owned()
+                    } else {
+                        spool.to_string()
+                    }
+                ),
+                None => "none".to_owned(),
+            },
+        ),
         ("stop reason", outcome.reason.to_string()),
         (
             "time to stop",
@@ -239,4 +259,13 @@ fn describe(event: &Event, numbers: &mut HashMap<String, usize>, style: &Style) 
         Event::Ignored(_) => style.dim(&text),
         _ => text,
     })
+}
+
+/// Removes a directory when dropped (best effort: the demo's temporary spool).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -93,6 +93,17 @@ pub struct RunOptions {
     /// a map). Without it reports are logged and counted.
     #[arg(long, value_name = "NAME")]
     pub celery_cheated_task: Option<String>,
+    /// The spool: the file where unacknowledged status updates and running jobs are kept, so that a crash (kill -9,
+    /// the OOM killer, a power cut) loses neither. Default: one file per hotkey and facilitator under
+    /// $XDG_STATE_HOME (else ~/.local/state)/facilitator-client/. A spool given here that cannot be opened is an
+    /// error (exit 2); one at the default location that cannot be created means running from memory, with a
+    /// warning.
+    #[arg(long, value_name = "FILE")]
+    pub spool: Option<PathBuf>,
+    /// Keep no spool: statuses and running jobs live in memory only, and a crash loses them (a warning at start).
+    /// TOML: `spool = false`.
+    #[arg(long, conflicts_with = "spool")]
+    pub no_spool: bool,
     /// Bittensor wallets directory. Default: ~/.bittensor/wallets.
     #[arg(long, value_name = "DIR")]
     pub wallet_path: Option<PathBuf>,
@@ -166,6 +177,29 @@ struct FileConfig {
     hotkey_name: Option<String>,
     outbox_capacity: Option<usize>,
     max_message_size: Option<usize>,
+    spool: Option<SpoolSetting>,
+}
+
+/// `spool = "FILE"`, `spool = false` (none) or `spool = true` (the default location) in the TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SpoolSetting {
+    Enabled(bool),
+    Path(PathBuf),
+}
+
+/// Where the spool is, as decided from the flags, the file and the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolPlan {
+    /// `--no-spool` or `spool = false` (named): everything in memory, with a warning.
+    Off(&'static str),
+    /// `--spool FILE` or `spool = "FILE"`: it must open, or the program exits 2.
+    Explicit(PathBuf),
+    /// The default location: if it cannot even be created (no writable home, a read-only container), the client
+    /// runs from memory with a warning.
+    Default(PathBuf),
+    /// No default location: from memory, with a warning saying why.
+    Unavailable(String),
 }
 
 /// Everything `run` needs, resolved and checked.
@@ -181,6 +215,8 @@ pub struct RunPlan {
     pub metrics_listen: Option<SocketAddr>,
     /// How log lines look.
     pub log_format: LogFormat,
+    /// Where the spool is.
+    pub spool: SpoolPlan,
 }
 
 /// The job handler `run` builds (the Celery one needs the runtime, so it is built there).
@@ -396,13 +432,84 @@ pub fn plan(options: RunOptions) -> Result<RunPlan, CliError> {
     let hotkey_name = options.hotkey_name.or(file.hotkey_name);
     let wallet_path = options.wallet_path.or(file.wallet_path);
     let hotkey = load_hotkey(wallet_path, wallet_name, hotkey_name)?;
+    let spool = if options.no_spool {
+        SpoolPlan::Off("--no-spool")
+    } else if let Some(path) = options.spool {
+        SpoolPlan::Explicit(path)
+    } else {
+        match file.spool {
+            Some(SpoolSetting::Enabled(false)) => SpoolPlan::Off("spool = false"),
+            Some(SpoolSetting::Path(path)) => SpoolPlan::Explicit(path),
+            Some(SpoolSetting::Enabled(true)) | None => match crate::spool::default_state_dir() {
+                // A URL that cannot name a spool is refused by the client itself, with the URL's own message.
+                Some(dir) => match crate::spool::default_path(&dir, &hotkey.ss58(), &config.url) {
+                    Ok(path) => SpoolPlan::Default(path),
+                    Err(e) => SpoolPlan::Unavailable(e.to_string()),
+                },
+                None => SpoolPlan::Unavailable(
+                    "neither $XDG_STATE_HOME nor $HOME is set, so there is no default location (pass --spool \
+                     FILE)"
+                        .to_owned(),
+                ),
+            },
+        }
+    };
     Ok(RunPlan {
         config,
         handler,
         hotkey,
         metrics_listen,
         log_format,
+        spool,
     })
+}
+
+/// Builds the client with the planned spool. The default location falls back to memory, with a warning, when it
+/// cannot be created; an explicit spool that cannot be opened, or any existing spool that is refused (another
+/// process, another hotkey, a newer format), is an error.
+fn build_client(
+    mut config: ClientConfig,
+    spool: SpoolPlan,
+    hotkey: Hotkey,
+    handler: Arc<dyn JobHandler>,
+) -> Result<Client, ConfigError> {
+    const FROM_MEMORY: &str = "unacknowledged status updates and running jobs live in memory only, and a crash \
+                               (kill -9, the OOM killer, a power cut) loses them";
+    // Warnings once the client is built: a configuration error (exit 2) needs no warning beside it.
+    let (default, warning) = match spool {
+        SpoolPlan::Off(by) => (false, Some(format!("{by}: no spool: {FROM_MEMORY}"))),
+        SpoolPlan::Unavailable(why) => (false, Some(format!("no spool: {why}: {FROM_MEMORY}"))),
+        SpoolPlan::Explicit(path) => {
+            config.spool = Some(path);
+            (false, None)
+        }
+        SpoolPlan::Default(path) => {
+            config.spool = Some(path);
+            (true, None)
+        }
+    };
+    let client = match Client::new(config.clone(), hotkey.clone(), Arc::clone(&handler)) {
+        Err(ConfigError::Spool(e)) if default && e.nothing_existing_was_refused() => {
+            let client = Client::new(
+                ClientConfig {
+                    spool: None,
+                    ..config
+                },
+                hotkey,
+                handler,
+            )?;
+            log::warn!(
+                "no spool: {e} (its default location; pass --spool FILE, or --no-spool to silence this): \
+                 {FROM_MEMORY}"
+            );
+            client
+        }
+        other => other?,
+    };
+    if let Some(warning) = warning {
+        log::warn!("{warning}");
+    }
+    Ok(client)
 }
 
 /// The hotkey: from the wallet when a wallet or hotkey name is given, else from `FACILITATOR_HOTKEY_SEED`, else
@@ -491,7 +598,7 @@ pub fn run(options: RunOptions) -> Result<u8, CliError> {
             }
         };
         let backoff_cap = plan.config.machine.backoff.cap;
-        let mut client = Client::new(plan.config, plan.hotkey, handler).map_err(|e| match e {
+        let mut client = build_client(plan.config, plan.spool, plan.hotkey, handler).map_err(|e| match e {
             ConfigError::Signals(e) => {
                 CliError::Fatal(format!("cannot install the signal handlers: {e}"))
             }

@@ -9,6 +9,11 @@
 //! are served concurrently in one `select!`); forward `received`, `sent`, `unknown` or anything after the job's
 //! first terminal status; panic or give up silently on anything the process does; log the job's text at info
 //! level.
+//!
+//! When the client itself dies (`kill -9`, the OOM killer), no drop guard runs: the shell gets the parent-death
+//! signal (SIGKILL, Linux), and the job's process group and its leader's start time are reported
+//! ([`crate::handler::StatusSender::attached`]) so that, with the spool, the next start kills what the signal did
+//! not reach (the shell's own children: see [`crate::handler::orphans`]).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -33,6 +38,7 @@ use crate::protocol::{
     DEFAULT_FRAME_LIMIT, HordeFailureReason, JobFailureDetails, JobFailureReason, JobRequest,
     JobResultDetails, JobStage, JobStatus, JobStatusMetadata, JobStatusUpdate,
 };
+use crate::spool::HandlerRecord;
 
 use super::{BoxFuture, ClientStopped, JobHandler, StatusSender};
 
@@ -115,7 +121,8 @@ impl ExecHandler {
     }
 
     fn spawn(&self, uuid: &str) -> io::Result<Child> {
-        Command::new(&self.shell)
+        let mut command = Command::new(&self.shell);
+        command
             .arg("-c")
             .arg(&self.command)
             .env("JOB_UUID", uuid)
@@ -128,8 +135,9 @@ impl ExecHandler {
             // Its own group: a terminal's Ctrl-C (sent to the foreground group) reaches only the client, which
             // decides; and the whole job can be killed at once through the group.
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        die_with_the_client(&mut command);
+        command.spawn()
     }
 
     async fn run_job(self, job: Arc<JobRequest>, statuses: StatusSender) {
@@ -163,6 +171,19 @@ impl ExecHandler {
                 .id()
                 .map_or_else(|| "unknown".to_owned(), |id| id.to_string())
         );
+        // Where a restarted client finds the job's processes if this one dies before they end. The start time tells
+        // them from a process that reuses the pid later. (Reading /proc/<pid>/stat does no disk I/O.)
+        if let Some(pid) = child.id()
+            && let (Ok(pgid), Some(start_time)) =
+                (i32::try_from(pid), super::orphans::start_time_of(pid))
+            && statuses
+                .attached(HandlerRecord::Exec { pgid, start_time })
+                .await
+                .is_err()
+        {
+            log::info!("job {uuid}: the client has stopped; killing the job's command");
+            return; // `group` and `child` kill everything on drop.
+        }
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -483,6 +504,32 @@ async fn write_some(stdin: &mut Option<ChildStdin>, bytes: &[u8]) -> io::Result<
 /// safe while any member is alive (the kernel does not reuse an ID still in use as a group ID); once the group is
 /// empty the ID could in principle be reused, but only after the PID space wrapped around in between, which is why
 /// the guard kills at most once.
+/// Makes the job's shell receive SIGKILL when the client dies, whatever kills the client (Linux's parent-death
+/// signal; the shell is the group's leader). It is not inherited by the shell's children: a client restarted with
+/// the spool kills those ([`crate::handler::orphans`]). The signal follows the *thread* that spawned the shell:
+/// tokio spawns from a runtime thread, which lives as long as the runtime.
+fn die_with_the_client(command: &mut Command) {
+    let parent = rustix::process::getpid();
+    let setup = move || -> io::Result<()> {
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        // The client may have died between the fork and the line above: then no signal would ever come.
+        if rustix::process::getppid() != Some(parent) {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::SRCH.raw_os_error(),
+            ));
+        }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` runs the closure in the forked child before `exec`, where only async-signal-safe code may
+    // run. The closure makes two raw system calls through rustix (prctl(PR_SET_PDEATHSIG), getppid), which take no
+    // lock and allocate nothing, and builds its error from a raw errno (no allocation either). It captures only a
+    // `Pid` (plain data).
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(setup);
+    }
+}
+
 struct ProcessGroupGuard {
     pgid: Option<Pid>,
 }

@@ -9,15 +9,18 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
 use crate::protocol::{JobRequest, JobStatus, JobStatusUpdate};
+use crate::spool::HandlerRecord;
 
 #[cfg(feature = "celery")]
 pub mod celery;
 mod echo;
 mod exec;
+pub mod orphans;
 
 #[cfg(feature = "celery")]
 pub use celery::CeleryHandler;
@@ -57,6 +60,21 @@ pub trait JobHandler: Send + Sync + 'static {
     fn name(&self) -> String {
         "custom".to_owned()
     }
+
+    /// Follows a job that a previous process of the client started and whose work outlives the client (a Celery
+    /// task), from its spooled record, after a restart: like [`JobHandler::run`], but without starting the work
+    /// again. `accepted_at` is when the job was accepted, if known. `None` (the default): this handler cannot, and
+    /// the client reports the job `horde_failed`.
+    fn resume(
+        &self,
+        job: Arc<JobRequest>,
+        record: &HandlerRecord,
+        accepted_at: Option<SystemTime>,
+        statuses: StatusSender,
+    ) -> Option<BoxFuture> {
+        let _ = (job, record, accepted_at, statuses);
+        None
+    }
 }
 
 /// What job tasks tell the client loop, in order per job: statuses, then `Finished`.
@@ -66,6 +84,13 @@ pub enum HandlerEvent {
     Status(JobStatusUpdate),
     /// The job's handler returned (or panicked, or was cancelled); no more statuses follow.
     Finished(String),
+    /// The job's work runs where a restart can find it (with the spool, it is recorded with the job).
+    Attached {
+        /// The job.
+        uuid: String,
+        /// Where its work runs.
+        handler: HandlerRecord,
+    },
 }
 
 /// The client loop has stopped; the status could not be handed over.
@@ -102,6 +127,21 @@ impl StatusSender {
         update.uuid.clone_from(&self.uuid);
         self.tx
             .send(HandlerEvent::Status(update))
+            .await
+            .map_err(|_| ClientStopped {
+                uuid: self.uuid.clone(),
+            })
+    }
+
+    /// Says where the job's work runs (an `exec:` process group, a Celery task), so that a client restarted after a
+    /// crash can find it: with the spool, the job's record gets it, in order with the job's statuses. Waits like
+    /// [`StatusSender::send`].
+    pub async fn attached(&self, handler: HandlerRecord) -> Result<(), ClientStopped> {
+        self.tx
+            .send(HandlerEvent::Attached {
+                uuid: self.uuid.clone(),
+                handler,
+            })
             .await
             .map_err(|_| ClientStopped {
                 uuid: self.uuid.clone(),

@@ -42,6 +42,11 @@ pub struct Config {
     pub max_in_flight: usize,
     /// At most this many jobs run at once; a job request beyond that is answered `rejected` / `busy` at once.
     pub max_running_jobs: usize,
+    /// Keep a durable spool: every status of an accepted job gets an id and is held back from the socket until
+    /// the batch that puts it is durable (`Action::Persist`, answered by `Input::Persisted`), and each accepted
+    /// job is recorded until its terminal status is acknowledged. Off by default: the library keeps everything in
+    /// memory unless the embedder opts in (the program turns it on).
+    pub durable: bool,
 }
 
 impl Default for Config {
@@ -58,6 +63,7 @@ impl Default for Config {
             outbox_capacity: 1024,
             max_in_flight: 256,
             max_running_jobs: 256,
+            durable: false,
         }
     }
 }

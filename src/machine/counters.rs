@@ -52,4 +52,21 @@ pub struct Counters {
     pub cheat_reports: u64,
     /// Heartbeats sent.
     pub heartbeats: u64,
+    /// Spool batches emitted (`Action::Persist`).
+    pub spool_batches: u64,
+    /// Spool commits reported failed.
+    pub spool_errors: u64,
+    /// Statuses of accepted jobs sent (or free to be sent) before they were on disk: their commit failed, or the
+    /// spool was stale. A crash before the next successful snapshot could lose them.
+    pub statuses_unspooled: u64,
+    /// Unacknowledged statuses read back from the spool at start.
+    pub statuses_recovered: u64,
+    /// Jobs read back from the spool at start.
+    pub jobs_recovered: u64,
+    /// Recovered jobs kept running, to be re-attached to their handler (Celery tasks).
+    pub jobs_resumed: u64,
+    /// Recovered jobs reported `horde_failed` because the client restarted while they ran.
+    pub jobs_interrupted: u64,
+    /// Jobs left running and spooled at a stop (their work outlives the client: Celery tasks).
+    pub jobs_left_running: u64,
 }

@@ -68,6 +68,22 @@ pub enum Event {
     },
     /// Something arrived that was ignored (counted in the metrics).
     Ignored(Ignored),
+    /// A spool commit failed. The statuses it held were released anyway (the client goes on from memory) and the
+    /// spool is stale until a full snapshot commits. Log it at most once a minute: a failing disk repeats it.
+    SpoolCommitFailed {
+        /// What the spool said.
+        error: String,
+        /// Statuses released to the socket without being on disk.
+        released: usize,
+        /// When the next full snapshot will be tried: `None` when it goes at once (after a first failure) or one
+        /// is already under way.
+        retry_in: Option<Duration>,
+    },
+    /// A full snapshot committed after failures: the spool holds what memory holds again.
+    SpoolUpToDate {
+        /// How long the spool lacked changes.
+        stale_for: Duration,
+    },
 }
 
 impl Event {
@@ -83,7 +99,10 @@ impl Event {
                 Some(uuid)
             }
             Event::CheatReport { job_uuid, .. } => Some(job_uuid),
-            Event::StateChanged { .. } | Event::Ignored(_) => None,
+            Event::StateChanged { .. }
+            | Event::Ignored(_)
+            | Event::SpoolCommitFailed { .. }
+            | Event::SpoolUpToDate { .. } => None,
         }
     }
 }
@@ -129,6 +148,26 @@ impl fmt::Display for Event {
                 "job {uuid} not answered: the outbox is full (the facilitator's timeout will fail it)"
             ),
             Event::Ignored(what) => write!(f, "ignored {what}"),
+            Event::SpoolCommitFailed {
+                error,
+                released,
+                retry_in,
+            } => {
+                write!(
+                    f,
+                    "the spool could not commit ({error}): {released} status update(s) go out without being on \
+                     disk; the client goes on from memory, and "
+                )?;
+                match retry_in {
+                    Some(d) => write!(f, "writes a full snapshot in {:.1}s", d.as_secs_f64()),
+                    None => f.write_str("writes a full snapshot now"),
+                }
+            }
+            Event::SpoolUpToDate { stale_for } => write!(
+                f,
+                "the spool is up to date again: a full snapshot committed after {:.1}s of failed commits",
+                stale_for.as_secs_f64()
+            ),
         }
     }
 }
@@ -231,6 +270,8 @@ pub enum Reason {
     DrainDeadlinePassed {
         /// Jobs cancelled.
         jobs_cancelled: usize,
+        /// Jobs left running and spooled instead (Celery tasks, with the spool).
+        jobs_left_running: usize,
         /// Status updates not yet acknowledged, the cancelled jobs' reports included.
         unacknowledged: usize,
     },
@@ -306,12 +347,21 @@ impl fmt::Display for Reason {
             ),
             Reason::DrainDeadlinePassed {
                 jobs_cancelled,
+                jobs_left_running,
                 unacknowledged,
-            } => write!(
-                f,
-                "drain deadline passed: {jobs_cancelled} job(s) cancelled, {unacknowledged} status update(s) \
-                 unacknowledged"
-            ),
+            } => {
+                write!(
+                    f,
+                    "drain deadline passed: {jobs_cancelled} job(s) cancelled"
+                )?;
+                if *jobs_left_running > 0 {
+                    write!(
+                        f,
+                        ", {jobs_left_running} left running and spooled (the next start re-attaches them)"
+                    )?;
+                }
+                write!(f, ", {unacknowledged} status update(s) unacknowledged")
+            }
             Reason::Closing { code } => write!(f, "closing the connection with code {code}"),
             Reason::Stopped { cause, undelivered } => match undelivered {
                 0 => write!(f, "{cause}; every status update delivered"),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::protocol::{ClientMessage, DecodeError, JobRequest, JobStatusUpdate, ServerMessage};
+use crate::spool::{HandlerRecord, SpoolBatch};
 
 use super::event::Event;
 use super::state::StopReason;
@@ -32,6 +33,22 @@ pub enum Input {
     Status(JobStatusUpdate),
     /// A job handler finished (it will produce no more statuses).
     JobFinished(String),
+    /// A job's handler started its work where a restart can find it again (an `exec:` process group, a Celery
+    /// task): with the spool, the job's record is updated (never re-created once the job was forgotten).
+    JobAttached {
+        /// The job.
+        uuid: String,
+        /// Where its work runs.
+        handler: HandlerRecord,
+    },
+    /// The spool committed every batch up to `up_to` (from [`Action::Persist`]), or failed to (`Err` with the
+    /// reason): either way their statuses may now be sent.
+    Persisted {
+        /// The highest batch id the commit covers (every lower one not reported before is in it).
+        up_to: u64,
+        /// What the commit did.
+        result: Result<(), String>,
+    },
     /// First shutdown signal, or the API's shutdown handle.
     Shutdown,
     /// Second shutdown signal.
@@ -72,6 +89,10 @@ pub enum InputKind {
     Status,
     /// [`Input::JobFinished`].
     JobFinished,
+    /// [`Input::JobAttached`].
+    JobAttached,
+    /// [`Input::Persisted`].
+    Persisted,
     /// [`Input::Shutdown`].
     Shutdown,
     /// [`Input::ForceStop`].
@@ -80,7 +101,7 @@ pub enum InputKind {
 
 impl InputKind {
     /// Every input kind.
-    pub const ALL: [InputKind; 12] = [
+    pub const ALL: [InputKind; 14] = [
         InputKind::Tick,
         InputKind::SocketOpened,
         InputKind::SocketFailed,
@@ -91,6 +112,8 @@ impl InputKind {
         InputKind::SocketClosed,
         InputKind::Status,
         InputKind::JobFinished,
+        InputKind::JobAttached,
+        InputKind::Persisted,
         InputKind::Shutdown,
         InputKind::ForceStop,
     ];
@@ -108,6 +131,8 @@ impl InputKind {
             InputKind::SocketClosed => "SocketClosed",
             InputKind::Status => "Status",
             InputKind::JobFinished => "JobFinished",
+            InputKind::JobAttached => "JobAttached",
+            InputKind::Persisted => "Persisted",
             InputKind::Shutdown => "Shutdown",
             InputKind::ForceStop => "ForceStop",
         }
@@ -128,6 +153,8 @@ impl Input {
             Input::SocketClosed(_) => InputKind::SocketClosed,
             Input::Status(_) => InputKind::Status,
             Input::JobFinished(_) => InputKind::JobFinished,
+            Input::JobAttached { .. } => InputKind::JobAttached,
+            Input::Persisted { .. } => InputKind::Persisted,
             Input::Shutdown => InputKind::Shutdown,
             Input::ForceStop => InputKind::ForceStop,
         }
@@ -153,6 +180,16 @@ pub enum Action {
     CancelJobs,
     /// Tell the outside world something happened (logs, metrics, event stream).
     Emit(Event),
+    /// Make this batch durable in the spool, off the event loop, then report [`Input::Persisted`]. Batch ids
+    /// increase by one from one `Persist` to the next; batches may be committed together (merged in order), and
+    /// one report covers every batch up to its id. The driver stamps `accepted_at_unix_ms` of job records the
+    /// machine leaves at 0 (it has no wall clock) and keeps that stamp for later snapshots.
+    Persist {
+        /// The batch's id.
+        id: u64,
+        /// What to put and forget, or a full snapshot.
+        batch: SpoolBatch,
+    },
     /// The machine stopped: the driver ends.
     Stop(StopReason),
 }
@@ -176,11 +213,27 @@ pub enum ActionKind {
     CancelJobs,
     /// [`Action::Emit`].
     Emit,
+    /// [`Action::Persist`].
+    Persist,
     /// [`Action::Stop`].
     Stop,
 }
 
 impl ActionKind {
+    /// Every action kind.
+    pub const ALL: [ActionKind; 10] = [
+        ActionKind::Open,
+        ActionKind::Send,
+        ActionKind::Ping,
+        ActionKind::Close,
+        ActionKind::Abort,
+        ActionKind::Dispatch,
+        ActionKind::CancelJobs,
+        ActionKind::Emit,
+        ActionKind::Persist,
+        ActionKind::Stop,
+    ];
+
     /// The name used in the table.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -192,6 +245,7 @@ impl ActionKind {
             ActionKind::Dispatch => "Dispatch",
             ActionKind::CancelJobs => "CancelJobs",
             ActionKind::Emit => "Emit",
+            ActionKind::Persist => "Persist",
             ActionKind::Stop => "Stop",
         }
     }
@@ -209,6 +263,7 @@ impl Action {
             Action::Dispatch(_) => ActionKind::Dispatch,
             Action::CancelJobs => ActionKind::CancelJobs,
             Action::Emit(_) => ActionKind::Emit,
+            Action::Persist { .. } => ActionKind::Persist,
             Action::Stop(_) => ActionKind::Stop,
         }
     }

@@ -9,10 +9,16 @@
 //! fuzzable and embeddable. Every change of state goes through one function (`Machine::transition`), which emits one
 //! [`Event::StateChanged`]. `states/transitions.json` is the table of what each (state, input) pair may do, and the
 //! tests hold this code to it.
+//!
+//! With [`Config::durable`], the machine also decides what the spool holds: each step's changes (statuses of
+//! accepted jobs put and answered, jobs accepted, attached and finished) become at most one [`Action::Persist`] at
+//! the end of the step, statuses wait for their batch's [`Input::Persisted`] before they are sent, and
+//! [`Machine::recover`] turns what a previous process left in the spool into the outbox and jobs of this one.
 
 mod backoff;
 mod config;
 mod counters;
+mod durability;
 mod event;
 mod input;
 mod outbox;
@@ -26,16 +32,20 @@ use backoff::Backoff;
 pub use backoff::BackoffConfig;
 pub use config::{Config, ConfigError, MAX_DURATION};
 pub use counters::Counters;
+use durability::Durability;
+pub use durability::{SPOOL_RETRY_BASE, SPOOL_RETRY_CAP};
 pub use event::{ConnectFailure, Event, Ignored, LinkLoss, Reason, StopCause};
 pub use input::{Action, ActionKind, Incoming, Input, InputKind};
 use outbox::Outbox;
 pub use state::{ConnectPhase, DrainPhase, Link, State, StateKind, StopReason, Timer};
 
+use crate::protocol::JobRequest as Job;
 use crate::protocol::{
     AuthenticationRequest, ClientMessage, DecodeError, HordeFailureReason, JobRejectionReason,
     JobRequest, JobSignatureError, JobStatus, JobStatusUpdate, Response, ServerMessage,
     TrustedSigners, close_code, error_type,
 };
+use crate::spool::{HandlerRecord, JobRecord, Recovered, SpooledStatus};
 
 /// The state machine.
 #[derive(Debug, Clone)]
@@ -50,7 +60,71 @@ pub struct Machine {
     jobs: BTreeMap<String, bool>,
     backoff: Backoff,
     counters: Counters,
+    /// The spool bookkeeping (inactive without `Config::durable`).
+    spool: Durability,
 }
+
+/// What [`Machine::recover`] found in the spool and what the driver must do about it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovery {
+    /// Unacknowledged statuses put back at the front of the outbox, in their original order.
+    pub statuses: usize,
+    /// Jobs the spool recorded as accepted and not finished.
+    pub jobs: usize,
+    /// Jobs whose handler cannot be re-attached: each is reported `horde_failed` after its spooled statuses.
+    pub interrupted: Vec<String>,
+    /// Jobs whose work outlives the client (a Celery task): kept running; the driver re-attaches each to its
+    /// handler, or reports it failed (a `horde_failed` status, then `JobFinished`) when it cannot.
+    pub resume: Vec<Resume>,
+    /// `exec:` process groups the spool recorded: the driver kills each one still alive whose leader has the
+    /// recorded start time (a reused pid must never be killed).
+    pub kill: Vec<ProcessGroupRecord>,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "recovered {} unacknowledged status update(s) and {} job(s) from the spool",
+            self.statuses, self.jobs
+        )?;
+        if self.jobs > 0 {
+            write!(
+                f,
+                ": {} reported horde_failed (the client restarted while they ran), {} to re-attach, {} process \
+                 group(s) to check",
+                self.interrupted.len(),
+                self.resume.len(),
+                self.kill.len()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A recovered job kept running: what the driver needs to re-attach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    /// The job request, decoded from the text spooled when it was accepted.
+    pub job: Arc<Job>,
+    /// Where its work runs.
+    pub handler: HandlerRecord,
+    /// When it was accepted, milliseconds since the Unix epoch (0 if unknown).
+    pub accepted_at_unix_ms: u64,
+}
+
+/// An `exec:` job's process group, as spooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessGroupRecord {
+    /// The process group id (its leader's pid).
+    pub pgid: i32,
+    /// The leader's start time (field 22 of `/proc/<pid>/stat`).
+    pub start_time: u64,
+}
+
+/// The message of the `horde_failed` a job gets when the client restarted while it ran.
+pub const RESTARTED_WHILE_RUNNING: &str =
+    "the validator's facilitator client restarted while the job ran; its outcome is unknown";
 
 impl Machine {
     /// A machine in Disconnected whose first connection attempt is due at `now`.
@@ -65,6 +139,7 @@ impl Machine {
         now: Instant,
     ) -> Self {
         Machine {
+            spool: Durability::new(config.durable),
             outbox: Outbox::new(config.outbox_capacity),
             backoff: Backoff::new(config.backoff, config.jitter_seed),
             config,
@@ -128,8 +203,104 @@ impl Machine {
         self.outbox.iter().map(|p| &p.update)
     }
 
+    /// Whether the spool file lacks changes memory holds (a commit failed and no full snapshot has succeeded
+    /// since), and since when. `None` while up to date, and without the spool.
+    pub fn spool_stale_since(&self) -> Option<Instant> {
+        self.spool.stale_since()
+    }
+
+    /// What the spool holds as far as the machine knows: statuses of accepted jobs not yet answered (spooled or
+    /// about to be), and job records. `(0, 0)` without the spool.
+    pub fn spooled_len(&self) -> (usize, usize) {
+        if !self.spool.enabled() {
+            return (0, 0);
+        }
+        let statuses = self.outbox.iter().filter(|p| p.spool_id.is_some()).count();
+        (statuses, self.spool.job_count())
+    }
+
+    /// Takes what a previous process left in the spool, before the first [`Machine::step`]: its statuses go to the
+    /// front of the outbox in id order, already durable and counted as sent once (a `job.integrity_error` answer
+    /// then means the facilitator stored them); new status ids continue after the largest. Each recovered job
+    /// whose spooled statuses include no terminal one either is kept running, when its record says its work
+    /// outlives the client (a Celery task: see [`Recovery::resume`]), or gets `horde_failed` (`reported_by:
+    /// validator`, `generic_error`, [`RESTARTED_WHILE_RUNNING`]) after its spooled statuses. The `horde_failed`
+    /// reports are persisted with the first step's batch.
+    ///
+    /// Called on a machine that has already stepped, it still replays the statuses, behind what the outbox holds.
+    pub fn recover(&mut self, recovered: Recovered) -> Recovery {
+        let Recovered { mut statuses, jobs } = recovered;
+        statuses.sort_by_key(|s| s.id);
+        let mut report = Recovery {
+            statuses: statuses.len(),
+            jobs: jobs.len(),
+            ..Recovery::default()
+        };
+        let ended: std::collections::HashSet<String> = statuses
+            .iter()
+            .filter(|s| s.update.status.is_terminal())
+            .map(|s| s.update.uuid.clone())
+            .collect();
+        if let Some(max) = statuses.iter().map(|s| s.id).max() {
+            self.spool.continue_ids_after(max);
+        }
+        self.counters.statuses_recovered += statuses.len() as u64;
+        self.counters.statuses_accepted += statuses.len() as u64;
+        for SpooledStatus { id, update } in statuses {
+            self.outbox.push_recovered(update, id);
+        }
+        self.counters.jobs_recovered += jobs.len() as u64;
+        for record in jobs {
+            if let Some(HandlerRecord::Exec { pgid, start_time }) = record.handler {
+                report.kill.push(ProcessGroupRecord { pgid, start_time });
+            }
+            let uuid = record.uuid.clone();
+            let resumable = matches!(record.handler, Some(HandlerRecord::Celery { .. }));
+            let resume = match (&record.handler, resumable && !ended.contains(&uuid)) {
+                (Some(handler), true) => match Job::parse(&record.request) {
+                    Ok(job) if job.uuid() == uuid => Some(Resume {
+                        job: Arc::new(job),
+                        handler: handler.clone(),
+                        accepted_at_unix_ms: record.accepted_at_unix_ms,
+                    }),
+                    // A request that no longer parses cannot be re-attached: reported like any interrupted job.
+                    _ => None,
+                },
+                _ => None,
+            };
+            self.spool.recovered_job(record);
+            if let Some(resume) = resume {
+                self.counters.jobs_resumed += 1;
+                self.jobs.insert(uuid, false);
+                report.resume.push(resume);
+            } else if !ended.contains(&uuid) {
+                self.counters.jobs_interrupted += 1;
+                self.enqueue(JobStatusUpdate::horde_failed(
+                    uuid.clone(),
+                    HordeFailureReason::GenericError,
+                    RESTARTED_WHILE_RUNNING,
+                    None,
+                ));
+                report.interrupted.push(uuid);
+            }
+            // A job whose terminal status is among the spooled ones has ended: its record goes when that status is
+            // answered.
+        }
+        report
+    }
+
     /// When the machine next needs a [`Input::Tick`], and for which timer. `None` once stopped.
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
+        let state = self.state_timeout();
+        match (state, self.spool.retry_deadline()) {
+            (None, _) => None,
+            // On a tie the state's own deadline goes first.
+            (Some((at, _)), Some(retry)) if retry < at => Some((retry, Timer::SpoolRetry)),
+            (state, _) => state,
+        }
+    }
+
+    fn state_timeout(&self) -> Option<(Instant, Timer)> {
         match &self.state {
             State::Disconnected { retry_at } => Some((*retry_at, Timer::Reconnect)),
             State::Connecting { deadline, .. } => Some((*deadline, Timer::ConnectTimeout)),
@@ -160,6 +331,8 @@ impl Machine {
     #[must_use]
     pub fn step(&mut self, input: Input, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        // Stopped is absorbing: nothing it is told produces an action (late statuses are still counted).
+        let was_stopped = self.state.is_stopped();
         self.expire(now, &mut out);
         match input {
             Input::Tick => {}
@@ -174,8 +347,23 @@ impl Machine {
             Input::Frames(frames) => self.on_frames(frames, now, &mut out),
             Input::Status(update) => self.on_status(update, &mut out),
             Input::JobFinished(uuid) => {
-                self.jobs.remove(&uuid);
+                // A job that ends without a terminal status has nothing more to report: its record goes (its
+                // statuses stay spooled until answered). One with a terminal status keeps its record until that
+                // status is answered.
+                if self.jobs.remove(&uuid) == Some(false) {
+                    self.spool.forget_job(&uuid);
+                }
                 self.check_drained(now, &mut out);
+            }
+            Input::JobAttached { uuid, handler } => {
+                if !was_stopped {
+                    self.spool.attach(&uuid, handler);
+                }
+            }
+            Input::Persisted { up_to, result } => {
+                if !was_stopped {
+                    self.on_persisted(up_to, result, now, &mut out);
+                }
             }
             Input::Shutdown => self.on_shutdown(now, &mut out),
             Input::ForceStop => {
@@ -188,7 +376,68 @@ impl Machine {
                 }
             }
         }
+        if !was_stopped {
+            self.flush_spool(now, &mut out);
+        }
         out
+    }
+
+    // ---- the spool -------------------------------------------------------------------------------------------
+
+    /// The end of every step: this step's changes (or, while stale, a full snapshot when one is due) become one
+    /// `Persist`.
+    fn flush_spool(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let outbox = &self.outbox;
+        let batch = self.spool.take_batch(now, || {
+            outbox
+                .iter()
+                .filter_map(|p| {
+                    p.spool_id.map(|id| SpooledStatus {
+                        id,
+                        update: p.update.clone(),
+                    })
+                })
+                .collect()
+        });
+        if let Some((id, batch)) = batch {
+            self.counters.spool_batches += 1;
+            out.push(Action::Persist { id, batch });
+        }
+    }
+
+    /// The driver committed (or failed to commit) every batch up to `up_to`: their statuses may go. A failure
+    /// releases them too (availability over durability: memory still holds everything), marks the spool stale and
+    /// makes the next batch a full snapshot.
+    fn on_persisted(
+        &mut self,
+        up_to: u64,
+        result: Result<(), String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.spool.enabled() {
+            return;
+        }
+        let before = self.spool.released_up_to();
+        let released = match &result {
+            Ok(()) => 0,
+            Err(_) => self.outbox.held_by_batches(before, up_to),
+        };
+        match (self.spool.persisted(up_to, result.is_ok(), now), result) {
+            (Ok(Some(stale_for)), _) => out.push(Action::Emit(Event::SpoolUpToDate { stale_for })),
+            (Ok(None), _) => {}
+            (Err(failure), Err(error)) => {
+                self.counters.spool_errors += 1;
+                self.counters.statuses_unspooled += released as u64;
+                out.push(Action::Emit(Event::SpoolCommitFailed {
+                    error,
+                    released,
+                    retry_in: failure.retry_in,
+                }));
+            }
+            (Err(_), Ok(())) => unreachable!("persisted() fails only when told the commit failed"),
+        }
+        self.pump(out);
     }
 
     // ---- deadlines -------------------------------------------------------------------------------------------
@@ -206,6 +455,9 @@ impl Machine {
 
     fn on_deadline(&mut self, timer: Timer, now: Instant, out: &mut Vec<Action>) {
         match (timer, self.state.clone()) {
+            // The spool is stale and a snapshot is due: write it now (it moves the deadline: a snapshot is then
+            // under way).
+            (Timer::SpoolRetry, _) => self.flush_spool(now, out),
             (Timer::Reconnect, State::Disconnected { .. }) => {
                 self.counters.connects += 1;
                 out.push(Action::Open);
@@ -257,7 +509,9 @@ impl Machine {
                 // Measured from the drain deadline, not from `now`: a late Tick must not extend the bound.
                 let close_by = deadline + self.config.close_timeout;
                 let reports_by = deadline + self.config.close_timeout / 2;
+                let left_before = self.counters.jobs_left_running;
                 let jobs_cancelled = self.cancel_jobs(out);
+                let jobs_left_running = (self.counters.jobs_left_running - left_before) as usize;
                 self.transition(
                     State::Draining {
                         link,
@@ -268,6 +522,7 @@ impl Machine {
                     },
                     Reason::DrainDeadlinePassed {
                         jobs_cancelled,
+                        jobs_left_running,
                         unacknowledged: self.outbox.len(),
                     },
                     out,
@@ -568,6 +823,14 @@ impl Machine {
         };
         self.made_progress();
         let already_stored = response.has_error(error_type::INTEGRITY_ERROR) && pending.sends > 1;
+        // Any answer ends a status's life, a refusal too (never retried): forget it, and its job once the job's
+        // terminal status is answered.
+        if let Some(id) = pending.spool_id {
+            self.spool.forget_status(id);
+            if pending.update.status.is_terminal() {
+                self.spool.forget_job(&pending.update.uuid);
+            }
+        }
         let JobStatusUpdate { uuid, status, .. } = pending.update;
         if response.is_success() || already_stored {
             self.counters.statuses_delivered += 1;
@@ -642,6 +905,13 @@ impl Machine {
         }
         self.counters.jobs_accepted += 1;
         self.jobs.insert(uuid.clone(), false);
+        self.spool.put_job(JobRecord {
+            uuid: uuid.clone(),
+            request: job.shared_text(),
+            // The machine has no wall clock: the driver stamps the time when it persists the record.
+            accepted_at_unix_ms: 0,
+            handler: None,
+        });
         self.enqueue(JobStatusUpdate::new(uuid.clone(), JobStatus::Received));
         out.push(Action::Emit(Event::JobAccepted { uuid }));
         out.push(Action::Dispatch(job));
@@ -712,9 +982,19 @@ impl Machine {
         self.pump(out);
     }
 
+    /// Queues a status of an accepted job; with the spool, it gets an id and is held until its batch is durable
+    /// (unless the spool is stale: then it goes at once, unprotected, and is counted).
     fn enqueue(&mut self, update: JobStatusUpdate) {
         self.counters.statuses_accepted += 1;
-        self.outbox.push(update);
+        if self.spool.enabled() {
+            let (id, held_by) = self.spool.put_status(&update);
+            if held_by.is_none() {
+                self.counters.statuses_unspooled += 1;
+            }
+            self.outbox.push_spooled(update, id, held_by);
+        } else {
+            self.outbox.push(update);
+        }
     }
 
     /// Sends queued statuses while the connection is authenticated and the in-flight window has room.
@@ -731,7 +1011,8 @@ impl Machine {
 
     /// Sends queued statuses while fewer than `window` are in flight.
     fn send_queued(&mut self, window: usize, out: &mut Vec<Action>) {
-        while let Some(pending) = self.outbox.send_next(window) {
+        let released = self.spool.released_up_to();
+        while let Some(pending) = self.outbox.send_next(window, released) {
             self.counters.statuses_sent += 1;
             if pending.sends > 1 {
                 self.counters.statuses_resent += 1;
@@ -822,7 +1103,9 @@ impl Machine {
             State::Draining {
                 phase: DrainPhase::Closing { code: 1000, .. },
                 ..
-            } if self.counters.jobs_cancelled == 0 => StopReason::Graceful,
+            } if self.counters.jobs_cancelled == 0 && self.counters.jobs_left_running == 0 => {
+                StopReason::Graceful
+            }
             _ => StopReason::DrainTimedOut,
         }
     }
@@ -894,17 +1177,24 @@ impl Machine {
 
     /// Cancels every running job and reports each as `horde_failed` (unless it already reported its terminal
     /// status): sent while the connection can still carry it (the drain deadline), otherwise kept and counted
-    /// among the undelivered, so no job is left looking `accepted` without a trace. Returns how many jobs were
-    /// cancelled.
+    /// among the undelivered, so no job is left looking `accepted` without a trace. With the spool, a job whose
+    /// work outlives the client (a Celery task) is left running instead and stays spooled, to be re-attached by
+    /// the next start: dropping its handler does not stop the task. Returns how many jobs were cancelled (those
+    /// left running not included).
     fn cancel_jobs(&mut self, out: &mut Vec<Action>) -> usize {
         if self.jobs.is_empty() {
             return 0;
         }
-        let cancelled = std::mem::take(&mut self.jobs);
-        self.counters.jobs_cancelled += cancelled.len() as u64;
+        let stopped = std::mem::take(&mut self.jobs);
         out.push(Action::CancelJobs);
-        for (uuid, reported_terminal) in &cancelled {
-            if !reported_terminal {
+        let mut cancelled = 0;
+        for (uuid, reported_terminal) in &stopped {
+            if *reported_terminal {
+                cancelled += 1;
+            } else if self.spool.is_resumable(uuid) {
+                self.counters.jobs_left_running += 1;
+            } else {
+                cancelled += 1;
                 self.enqueue(JobStatusUpdate::horde_failed(
                     uuid.clone(),
                     HordeFailureReason::GenericError,
@@ -913,11 +1203,13 @@ impl Machine {
                 ));
             }
         }
-        cancelled.len()
+        self.counters.jobs_cancelled += cancelled as u64;
+        cancelled
     }
 
     fn stop(&mut self, reason: StopReason, cause: StopCause, out: &mut Vec<Action>) {
         self.outbox.requeue_in_flight();
+        self.spool.stopping();
         let undelivered = self.outbox.len();
         self.transition(
             State::Stopped { reason },

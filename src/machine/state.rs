@@ -106,6 +106,8 @@ pub enum Timer {
     CancelReports,
     /// The close timeout: stop without the peer's reply.
     Close,
+    /// The spool is stale (a commit failed) and the next full snapshot is due.
+    SpoolRetry,
 }
 
 impl Timer {
@@ -120,6 +122,7 @@ impl Timer {
             Timer::Drain => "drain deadline",
             Timer::CancelReports => "cancelled-job reports",
             Timer::Close => "close timeout",
+            Timer::SpoolRetry => "spool retry",
         }
     }
 }

@@ -56,6 +56,19 @@ struct Shared {
     origin: (Instant, SystemTime),
 }
 
+/// The spool's figures: the runtime's, from the metrics, else what [`Ops::set_spool`] was given.
+fn spool_status(metrics: &crate::Metrics, set: Option<SpoolStatus>) -> Option<SpoolStatus> {
+    match &metrics.spool {
+        Some(spool) => Some(SpoolStatus {
+            bytes: spool.bytes.unwrap_or(0),
+            entries: (spool.statuses + spool.jobs) as u64,
+            staleness: Some(spool.stale_for),
+            errors: spool.errors,
+        }),
+        None => set,
+    }
+}
+
 impl Ops {
     /// A hub for the client whose metrics are `metrics`, started at `now`.
     pub fn new(metrics: MetricsHandle, policy: HealthPolicy, now: Instant) -> Ops {
@@ -65,12 +78,14 @@ impl Ops {
             let tracker = Arc::clone(&tracker);
             move || {
                 let tracker = lock(&tracker);
+                let metrics = metrics.snapshot();
+                let spool = spool_status(&metrics, tracker.spool);
                 ScrapeView {
-                    metrics: metrics.snapshot(),
+                    metrics,
                     // A scrape is not the loop: reading the clock here is fine.
                     in_state_for: Instant::now()
                         .saturating_duration_since(tracker.liveness.since()),
-                    spool: tracker.spool,
+                    spool,
                 }
             }
         };
@@ -100,7 +115,8 @@ impl Ops {
         lock(&self.shared.tracker).on_action(action, now, &self.shared.telemetry);
     }
 
-    /// The spool's current figures (`None`: no spool).
+    /// The spool's current figures (`None`: no spool), for a client whose metrics do not carry them (the runtime's
+    /// own spool puts them in [`crate::Metrics::spool`], which wins).
     pub fn set_spool(&self, spool: Option<SpoolStatus>) {
         lock(&self.shared.tracker).spool = spool;
     }
@@ -132,7 +148,7 @@ impl Ops {
             since,
             last_error: live.last_error().map(str::to_owned),
             statuses_queued: (metrics.outbox_queued + metrics.in_flight) as u64,
-            spool: tracker.spool,
+            spool: spool_status(&metrics, tracker.spool),
         };
         (live.verdict(now, self.shared.policy), report)
     }
@@ -248,6 +264,8 @@ impl Tracker {
             | Input::SocketFailed(_)
             | Input::SocketClosed(_)
             | Input::Frame(_)
+            | Input::JobAttached { .. }
+            | Input::Persisted { .. }
             | Input::Shutdown
             | Input::ForceStop => {}
         }
@@ -283,7 +301,11 @@ impl Tracker {
                 }
                 self.phase = Phase::Authenticating { since: now }
             }
-            Action::Send(_) | Action::Abort | Action::Dispatch(_) | Action::Close(_) => {}
+            Action::Send(_)
+            | Action::Abort
+            | Action::Dispatch(_)
+            | Action::Close(_)
+            | Action::Persist { .. } => {}
             Action::Ping => self.ping_sent_at = Some(now),
             Action::CancelJobs => {
                 // The machine reports each cancelled job `horde_failed`: that is its terminal status.

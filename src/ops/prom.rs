@@ -139,7 +139,8 @@ pub struct SpoolStatus {
     pub bytes: u64,
     /// Records held (unacknowledged statuses and running jobs).
     pub entries: u64,
-    /// Time since the last successful commit; `None` before the first.
+    /// How long the spool file has lacked changes the client holds in memory (since a commit failed and until a
+    /// full snapshot succeeds); zero while it is up to date. `None`: not known.
     pub staleness: Option<Duration>,
     /// Commits or reads that failed since start.
     pub errors: u64,
@@ -628,7 +629,7 @@ fn encode_client(encoder: &mut DescriptorEncoder, view: &ScrapeView) -> Result<(
             gauge(
                 encoder,
                 "spool_staleness",
-                "Time since the spool's last successful commit",
+                "How long the spool file has lacked changes the client holds in memory (0 while up to date)",
                 Some(&Unit::Seconds),
                 staleness.as_secs_f64(),
             )?;

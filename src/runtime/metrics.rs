@@ -2,6 +2,7 @@
 //! time). Updated by the loop after every step; read by anyone holding a [`MetricsHandle`].
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub struct Metrics {
     /// The most each buffer that grows with what the facilitator sends has held: the evidence that every one of
     /// them is bounded, whatever is pushed.
     pub peaks: Peaks,
+    /// The spool, when the client has one.
+    pub spool: Option<SpoolMetrics>,
 }
 
 /// High-water marks of the buffers that grow with what the peer sends.
@@ -59,6 +62,59 @@ impl Default for Metrics {
             messages_out: BTreeMap::new(),
             last_round_trip: None,
             peaks: Peaks::default(),
+            spool: None,
+        }
+    }
+}
+
+/// The spool's figures, in the metrics snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolMetrics {
+    /// The spool file's length after the last commit, if known.
+    pub bytes: Option<u64>,
+    /// Statuses of accepted jobs not yet answered (on disk, or about to be).
+    pub statuses: usize,
+    /// Jobs recorded (accepted, terminal status not yet answered).
+    pub jobs: usize,
+    /// How long the file has lacked changes that memory holds (zero while up to date).
+    pub stale_for: Duration,
+    /// Batches handed to the writer.
+    pub batches: u64,
+    /// Commits that failed.
+    pub errors: u64,
+    /// The longest commit so far (write and fsync).
+    pub slowest_commit: Duration,
+}
+
+/// How the spool was left at the end of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSummary {
+    /// The spool file.
+    pub path: PathBuf,
+    /// Whether the file holds what memory held at the end: every batch committed, and none failed since the last
+    /// full snapshot that committed.
+    pub up_to_date: bool,
+    /// Statuses kept for the next start (unanswered).
+    pub statuses: usize,
+    /// Jobs kept for the next start.
+    pub jobs: usize,
+    /// Why it is not up to date, when it is not.
+    pub problem: Option<String>,
+}
+
+impl std::fmt::Display for SpoolSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.problem {
+            None => write!(
+                f,
+                "spool up to date ({} status update(s) and {} job(s) kept for the next start)",
+                self.statuses, self.jobs
+            ),
+            Some(problem) => write!(
+                f,
+                "spool NOT up to date ({problem}): the next start may replay statuses already delivered or miss \
+                 some"
+            ),
         }
     }
 }
@@ -97,6 +153,11 @@ impl MetricsHandle {
         p.in_flight = p.in_flight.max(machine.in_flight_len());
         p.read_ahead = p.read_ahead.max(read_ahead);
         p.socket_backlog = p.socket_backlog.max(socket_backlog);
+    }
+
+    #[cfg(feature = "spool")]
+    pub(crate) fn set_spool(&self, spool: SpoolMetrics) {
+        self.lock().spool = Some(spool);
     }
 
     pub(crate) fn count_in(&self, kind: &'static str) {

@@ -9,8 +9,14 @@
 //! Every branch is cancel-safe: `watch::Receiver::changed`, `Signal::recv`, `mpsc::Receiver::recv` and a `Sleep`
 //! are documented cancel-safe, and the socket branch keeps all its state in [`transport::Socket`] (see there). The
 //! socket branch comes last, so a burst of statuses from the handlers is queued before it flushes them in one write.
+//!
+//! With a spool ([`ClientConfig::spool`]), the client opens it when built, hands what it held to the machine
+//! before the first step, commits each `Persist` batch on the spool's writer thread (an fsync never delays the
+//! loop) and feeds each commit's report back as `Persisted` through one more branch.
 
 pub(crate) mod metrics;
+#[cfg(feature = "spool")]
+pub(crate) mod spool;
 pub(crate) mod transport;
 
 use std::future::Future;
@@ -39,7 +45,7 @@ use crate::protocol::{
 };
 use crate::ratelimit::{RateLimiter, suppressed_note};
 
-pub use metrics::{Metrics, MetricsHandle, Peaks};
+pub use metrics::{Metrics, MetricsHandle, Peaks, SpoolMetrics, SpoolSummary};
 pub(crate) use transport::Endpoint;
 pub use transport::{CaFileError, TransportLimits, UrlError};
 
@@ -65,6 +71,12 @@ pub struct ClientConfig {
     /// A PEM file of extra certificate authorities trusted for `wss://`, on top of the public roots (for a
     /// staging or self-hosted facilitator behind a private CA).
     pub ca_file: Option<PathBuf>,
+    /// The spool file (`None`, the default: everything is kept in memory only). With a spool, unacknowledged
+    /// statuses and running jobs survive a crash: [`Client::new`] opens it (creating it, owner-only, if missing;
+    /// see [`crate::spool::Spool::open`]) and the machine's `durable` setting follows this one. The program's
+    /// default location is [`crate::spool::default_path`].
+    #[cfg(feature = "spool")]
+    pub spool: Option<PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -81,6 +93,8 @@ impl Default for ClientConfig {
             runner_version: version.clone(),
             validator_version: version,
             ca_file: None,
+            #[cfg(feature = "spool")]
+            spool: None,
         }
     }
 }
@@ -140,6 +154,14 @@ pub enum ConfigError {
     /// Installing the signal handlers failed.
     #[error("cannot install the SIGINT/SIGTERM handlers: {0}")]
     Signals(std::io::Error),
+    /// The spool cannot be used (locked by another process, another hotkey's, a newer format, not readable...).
+    #[cfg(feature = "spool")]
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolOpenError),
+    /// The spool's writer thread could not be started.
+    #[cfg(feature = "spool")]
+    #[error("cannot start the spool's writer thread: {0}")]
+    SpoolWriter(std::io::Error),
 }
 
 /// How a run ended.
@@ -153,6 +175,8 @@ pub struct Outcome {
     pub metrics: Metrics,
     /// From the shutdown request (or the fatal error) to the end of the run.
     pub stop_latency: Option<Duration>,
+    /// How the spool was left, when there is one.
+    pub spool: Option<SpoolSummary>,
 }
 
 impl Outcome {
@@ -188,6 +212,9 @@ pub struct Client {
     events: broadcast::Sender<Event>,
     metrics: MetricsHandle,
     observers: Vec<Arc<dyn Observer>>,
+    /// The opened spool and what it held, until the run takes them.
+    #[cfg(feature = "spool")]
+    spool: Option<crate::spool::OpenedSpool>,
 }
 
 /// Sees what the loop feeds the machine and what the machine asks for: the hook for measuring and monitoring a
@@ -201,13 +228,21 @@ pub trait Observer: Send + Sync {
 
 impl Client {
     /// Checks the configuration and builds a client that will authenticate with `hotkey` and run jobs with
-    /// `handler`.
+    /// `handler`. With [`ClientConfig::spool`], opens the spool (blocking file I/O, once) and logs its path and
+    /// anything it noticed (a corrupt file moved aside, loose permissions).
     pub fn new(
-        config: ClientConfig,
+        #[allow(unused_mut)] mut config: ClientConfig,
         hotkey: Hotkey,
         handler: Arc<dyn JobHandler>,
     ) -> Result<Client, ConfigError> {
         config.validate()?;
+        #[cfg(feature = "spool")]
+        let spool = open_spool(&mut config, &hotkey)?;
+        // Without the spool's store in this build, nothing could carry out the machine's `Persist`.
+        #[cfg(not(feature = "spool"))]
+        {
+            config.machine.durable = false;
+        }
         let mut endpoint = Endpoint::new(
             &config.url,
             &config.runner_version,
@@ -231,7 +266,15 @@ impl Client {
             events: broadcast::channel(1024).0,
             metrics,
             observers: Vec::new(),
+            #[cfg(feature = "spool")]
+            spool,
         })
+    }
+
+    /// The spool file, if the client has one.
+    #[cfg(feature = "spool")]
+    pub fn spool_path(&self) -> Option<&std::path::Path> {
+        self.spool.as_ref().map(|s| s.spool.path())
     }
 
     /// Adds an observer that sees every input and action of the run, in order (for example the operations hub,
@@ -271,8 +314,27 @@ impl Client {
         } else {
             None
         };
-        Ok(Loop::new(self, signals).run(until).await)
+        Ok(Loop::new(self, signals)?.run(until).await)
     }
+}
+
+/// The spool's writer and bookkeeping in the loop (nothing without the `spool` feature).
+#[cfg(feature = "spool")]
+type SpoolSlot = Option<spool::SpoolDriver>;
+#[cfg(not(feature = "spool"))]
+type SpoolSlot = Option<std::convert::Infallible>;
+
+/// The next commit report as the machine's input; pending forever without a spool. Cancel-safe (see
+/// `SpoolDriver::next`): the report becomes an input in the same poll that receives it.
+async fn next_persisted(spool: &mut SpoolSlot) -> Option<Input> {
+    #[cfg(feature = "spool")]
+    if let Some(driver) = spool {
+        let committed = driver.next().await?;
+        return Some(driver.on_committed(committed));
+    }
+    #[cfg(not(feature = "spool"))]
+    let _ = spool;
+    std::future::pending().await
 }
 
 /// The loop's state: the machine and the real things it stands for.
@@ -294,6 +356,11 @@ struct Loop {
     batch_peak: usize,
     /// Repeated warnings a flood could cause, one line per kind per interval.
     warnings: RateLimiter,
+    /// Spool failures repeat on a failing disk: one line per minute.
+    spool_warnings: RateLimiter,
+    spool: SpoolSlot,
+    /// One reading of both clocks: wall-clock times (for the spool's records) from the loop's one clock read.
+    wall_anchor: (Instant, std::time::SystemTime),
 }
 
 /// At most this many socket events are read in one go and given to the machine as one input: it checks their job
@@ -303,30 +370,51 @@ const READ_BATCH: usize = 64;
 /// A flood of one kind of warning gives one log line per this interval.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A failing spool is logged at most once per this interval.
+const SPOOL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What woke the loop.
 enum WakeUp {
     Tick,
     ShutdownRequest(u32),
     Socket(transport::Polled),
     Handler(HandlerEvent),
+    Persisted(Input),
 }
 
 impl Loop {
-    fn new(client: Client, signals: Option<(Signal, Signal)>) -> Loop {
-        let now = Instant::now().into_std();
+    #[cfg_attr(not(feature = "spool"), allow(unused_mut))]
+    fn new(mut client: Client, signals: Option<(Signal, Signal)>) -> Result<Loop, ConfigError> {
+        let started = Instant::now();
+        let now = started.into_std();
         let mut config = client.config.machine.clone();
         if config.jitter_seed == machine::Config::default().jitter_seed {
             config.jitter_seed = random_seed();
         }
-        let machine = Machine::new(
+        #[cfg_attr(not(feature = "spool"), allow(unused_mut))]
+        let mut machine = Machine::new(
             config,
             client.hotkey.auth_request(),
             client.signers.clone(),
             now,
         );
+        // What a previous process left goes to the machine before its first step.
+        #[cfg(feature = "spool")]
+        let (spool, recovery) = match client.spool.take() {
+            Some(opened) => {
+                let recovery = machine.recover(opened.recovered);
+                let driver =
+                    spool::SpoolDriver::start(opened.spool).map_err(ConfigError::SpoolWriter)?;
+                (Some(driver), Some(recovery))
+            }
+            None => (None, None),
+        };
+        #[cfg(not(feature = "spool"))]
+        let spool = None;
         let (handler_tx, handler_rx) = mpsc::channel(client.config.status_channel_capacity.max(1));
         let shutdown_rx = client.shutdown.requests.subscribe();
-        Loop {
+        #[cfg_attr(not(feature = "spool"), allow(unused_mut))]
+        let mut this = Loop {
             client,
             machine,
             socket: transport::Socket::None,
@@ -341,7 +429,96 @@ impl Loop {
             batch: Vec::with_capacity(READ_BATCH),
             batch_peak: 0,
             warnings: RateLimiter::new(WARNING_INTERVAL),
+            spool_warnings: RateLimiter::new(SPOOL_WARNING_INTERVAL),
+            spool,
+            wall_anchor: (started, std::time::SystemTime::now()),
+        };
+        #[cfg(feature = "spool")]
+        if let Some(recovery) = recovery {
+            this.take_over(recovery);
         }
+        Ok(this)
+    }
+
+    /// Acts on what the machine recovered from the spool: logs it, kills what is left of the previous process's
+    /// `exec:` jobs (only a group whose leader's start time matches the record, or whose members all fit it), and
+    /// re-attaches the jobs whose work outlives the client, or reports each one its handler cannot follow.
+    #[cfg(feature = "spool")]
+    fn take_over(&mut self, recovery: machine::Recovery) {
+        use crate::handler::orphans::{self, Orphans};
+        info!("{recovery}");
+        for group in &recovery.kill {
+            match orphans::kill_orphaned_group(group.pgid, group.start_time) {
+                Ok(outcome @ Orphans::Killed { .. }) => warn!(
+                    "process group {} of a job the previous client process ran: {outcome}",
+                    group.pgid
+                ),
+                Ok(outcome) => info!(
+                    "process group {} of a job the previous client process ran: {outcome}",
+                    group.pgid
+                ),
+                Err(e) => warn!(
+                    "cannot check process group {} of a job the previous client process ran: {e}",
+                    group.pgid
+                ),
+            }
+        }
+        for resume in recovery.resume {
+            let uuid = resume.job.uuid().to_owned();
+            let statuses = StatusSender::new(uuid.clone(), self.handler_tx.clone());
+            let accepted_at = (resume.accepted_at_unix_ms > 0)
+                .then(|| std::time::UNIX_EPOCH + Duration::from_millis(resume.accepted_at_unix_ms));
+            let handler = &self.client.handler;
+            let run = match handler.resume(
+                resume.job,
+                &resume.handler,
+                accepted_at,
+                statuses.clone(),
+            ) {
+                Some(run) => {
+                    info!("job {uuid}: re-attached to its work after the restart");
+                    run
+                }
+                None => {
+                    let message = format!(
+                        "the validator's facilitator client restarted while the job ran, and its {} handler \
+                         cannot re-attach to the job's work ({:?})",
+                        handler.name(),
+                        resume.handler
+                    );
+                    warn!("job {uuid}: {message}");
+                    Box::pin(async move {
+                        let update = JobStatusUpdate::horde_failed(
+                            statuses.uuid(),
+                            HordeFailureReason::GenericError,
+                            message,
+                            None,
+                        );
+                        let _ = statuses.send(update).await;
+                    })
+                }
+            };
+            self.spawn_job(uuid, run);
+        }
+    }
+
+    /// Runs one job's handler as its own task; a panic becomes `horde_failed`, and `Finished` always follows.
+    fn spawn_job(&mut self, uuid: String, run: crate::handler::BoxFuture) {
+        let tx = self.handler_tx.clone();
+        self.jobs.spawn(async move {
+            if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                let message = panic_message(&panic);
+                error!("job handler for {uuid} panicked: {message}");
+                let update = JobStatusUpdate::horde_failed(
+                    uuid.clone(),
+                    HordeFailureReason::UnhandledException,
+                    format!("job handler panicked: {message}"),
+                    None,
+                );
+                let _ = tx.send(HandlerEvent::Status(update)).await;
+            }
+            let _ = tx.send(HandlerEvent::Finished(uuid)).await;
+        });
     }
 
     async fn run<F: Future>(mut self, until: F) -> Outcome {
@@ -384,6 +561,7 @@ impl Loop {
                 Some(()) = recv_signal(&mut self.signals) => WakeUp::ShutdownRequest(1),
                 _ = &mut until => WakeUp::ShutdownRequest(1),
                 () = &mut sleep, if armed.is_some() => WakeUp::Tick,
+                Some(input) = next_persisted(&mut self.spool) => WakeUp::Persisted(input),
                 Some(event) = self.handler_rx.recv(), if accepts_statuses => WakeUp::Handler(event),
                 polled = std::future::poll_fn(|cx| {
                     self.socket.poll(cx, &mut self.batch, READ_BATCH, yield_first)
@@ -406,7 +584,11 @@ impl Loop {
                         None => continue,
                     }
                 }
+                WakeUp::Persisted(input) => input,
                 WakeUp::Handler(HandlerEvent::Status(update)) => Input::Status(update),
+                WakeUp::Handler(HandlerEvent::Attached { uuid, handler }) => {
+                    Input::JobAttached { uuid, handler }
+                }
                 WakeUp::Handler(HandlerEvent::Finished(uuid)) => {
                     // Reap finished tasks so the JoinSet does not grow with the number of jobs.
                     while self.jobs.try_join_next().is_some() {}
@@ -548,29 +730,34 @@ impl Loop {
                     let uuid = job.uuid().to_owned();
                     let statuses = StatusSender::new(uuid.clone(), self.handler_tx.clone());
                     let run = self.client.handler.run(job, statuses);
-                    let tx = self.handler_tx.clone();
-                    self.jobs.spawn(async move {
-                        if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
-                            let message = panic_message(&panic);
-                            error!("job handler for {uuid} panicked: {message}");
-                            let update = JobStatusUpdate::horde_failed(
-                                uuid.clone(),
-                                HordeFailureReason::UnhandledException,
-                                format!("job handler panicked: {message}"),
-                                None,
-                            );
-                            let _ = tx.send(HandlerEvent::Status(update)).await;
-                        }
-                        let _ = tx.send(HandlerEvent::Finished(uuid)).await;
-                    });
+                    self.spawn_job(uuid, run);
                 }
                 Action::CancelJobs => {
                     info!("cancelling {} running job(s)", self.jobs.len());
                     self.jobs.abort_all();
                 }
                 Action::Emit(event) => {
-                    log_event(&event, &mut self.warnings, now);
+                    let limiter = match event {
+                        Event::SpoolCommitFailed { .. } => &mut self.spool_warnings,
+                        _ => &mut self.warnings,
+                    };
+                    log_event(&event, limiter, now);
                     let _ = self.client.events.send(event);
+                }
+                Action::Persist { id, batch } => {
+                    let wall =
+                        self.wall_anchor.1 + now.saturating_duration_since(self.wall_anchor.0);
+                    match &mut self.spool {
+                        #[cfg(feature = "spool")]
+                        Some(driver) => driver.submit(id, batch, wall),
+                        // `machine.durable` is on exactly when there is a spool (`Client::new`).
+                        _ => {
+                            let _ = (batch, wall);
+                            error!(
+                                "bug: the machine asked to persist spool batch {id} but this client has no spool"
+                            );
+                        }
+                    }
                 }
                 Action::Stop(reason) => stopped = Some(reason),
             }
@@ -578,6 +765,13 @@ impl Loop {
         self.client
             .metrics
             .update(&self.machine, self.batch_peak, self.socket.backlog());
+        #[cfg(feature = "spool")]
+        if let Some(driver) = &self.spool {
+            // The operations hub reads these from the metrics at scrape time.
+            self.client
+                .metrics
+                .set_spool(driver.metrics(&self.machine, now.into_std()));
+        }
         stopped
     }
 
@@ -602,14 +796,20 @@ impl Loop {
         self.client.metrics.update(&self.machine, 0, 0);
         let undelivered: Vec<JobStatusUpdate> = self.machine.undelivered().cloned().collect();
         let stop_latency = self.stop_requested_at.map(|at| now - at);
-        let level = if reason.exit_code() == 0 {
-            log::Level::Info
-        } else {
-            log::Level::Error
+        // The writer commits the last batch (the stop's), then the file is either up to date or says why not.
+        let spool: Option<SpoolSummary> = match self.spool.take() {
+            #[cfg(feature = "spool")]
+            Some(driver) => Some(driver.finish(&self.machine, spool::FINISH_WITHIN).await),
+            _ => None,
+        };
+        let level = match (&spool, reason.exit_code()) {
+            (_, code) if code != 0 => log::Level::Error,
+            (Some(summary), _) if !summary.up_to_date => log::Level::Warn,
+            _ => log::Level::Info,
         };
         log::log!(
             level,
-            "stopped ({reason}): {} status update(s) delivered, {} undelivered{}",
+            "stopped ({reason}): {} status update(s) delivered, {} undelivered{}{}",
             self.machine.counters().statuses_delivered,
             undelivered.len(),
             stop_latency
@@ -617,6 +817,10 @@ impl Loop {
                     ", {:.1} ms after the shutdown request",
                     d.as_secs_f64() * 1e3
                 ))
+                .unwrap_or_default(),
+            spool
+                .as_ref()
+                .map(|summary| format!("; {summary}"))
                 .unwrap_or_default()
         );
         Outcome {
@@ -624,8 +828,35 @@ impl Loop {
             undelivered,
             metrics: self.client.metrics.snapshot(),
             stop_latency,
+            spool,
         }
     }
+}
+
+/// Opens the configured spool, if any, and makes the machine durable exactly when there is one.
+#[cfg(feature = "spool")]
+fn open_spool(
+    config: &mut ClientConfig,
+    hotkey: &Hotkey,
+) -> Result<Option<crate::spool::OpenedSpool>, ConfigError> {
+    config.machine.durable = config.spool.is_some();
+    let Some(path) = &config.spool else {
+        return Ok(None);
+    };
+    let identity = crate::spool::SpoolIdentity {
+        hotkey_ss58: hotkey.ss58(),
+        url: config.url.clone(),
+    };
+    let opened = crate::spool::Spool::open(path, &identity)?;
+    info!("spool: {}", path.display());
+    for notice in &opened.notices {
+        if notice.is_error() {
+            error!("{notice}");
+        } else {
+            warn!("{notice}");
+        }
+    }
+    Ok(Some(opened))
 }
 
 async fn recv_signal(signals: &mut Option<(Signal, Signal)>) -> Option<()> {
@@ -672,6 +903,8 @@ fn log_event(event: &Event, warnings: &mut RateLimiter, now: Instant) {
             Some("job requests not answered: the outbox is full"),
         ),
         Event::Ignored(what) => (Level::Warn, Some(what.kind())),
+        Event::SpoolCommitFailed { .. } => (Level::Error, Some("spool commits failed")),
+        Event::SpoolUpToDate { .. } => (Level::Info, None),
     };
     if !log::log_enabled!(level) {
         return;

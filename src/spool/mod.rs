@@ -23,4 +23,7 @@ pub use store::{
     SpoolIdentity, SpoolNotice, SpoolOpenError,
 };
 #[cfg(feature = "spool")]
-pub use worker::{COMPACT_ABOVE_BYTES, Committed, DEFAULT_DROP_WITHIN, FinishError, SpoolWorker};
+pub use worker::{
+    COMPACT_ABOVE_BYTES, Committed, DEFAULT_DROP_WITHIN, FinishError, SKIPPED_WHILE_STALE,
+    SpoolWorker,
+};

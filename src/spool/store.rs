@@ -603,6 +603,12 @@ impl Spool {
         self.stale
     }
 
+    /// Marks the spool stale as a failed commit does (the worker's tests).
+    #[cfg(test)]
+    pub(crate) fn mark_stale_for_tests(&mut self) {
+        self.stale = true;
+    }
+
     /// The file's length in bytes.
     pub fn size_bytes(&self) -> io::Result<u64> {
         fs::metadata(&self.path).map(|m| m.len())

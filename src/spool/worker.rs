@@ -164,7 +164,16 @@ impl Drop for SpoolWorker {
     }
 }
 
+/// What a delta gets while the spool is stale: it is not written.
+pub const SKIPPED_WHILE_STALE: &str =
+    "not written: an earlier commit failed, so only a full snapshot can make the spool right again";
+
 /// The writer thread: take a batch, merge whatever queued behind it, commit once, report; until the queue closes.
+///
+/// After a failed commit the file lacks that batch's changes, so a later delta would give a file that is neither
+/// an earlier state nor the current one (a job's record without its `received`, say). Deltas are therefore
+/// reported failed without a write until a full snapshot commits: the file stays at the last state it held in full,
+/// and a crash meanwhile recovers exactly that.
 fn run(
     mut spool: Spool,
     inbox: &mpsc::Receiver<(u64, SpoolBatch)>,
@@ -178,12 +187,15 @@ fn run(
             batches += 1;
         }
         let started = Instant::now();
-        let result = if batch.is_empty() {
+        let skipped = spool.is_stale() && !batch.full_snapshot;
+        let result = if skipped {
+            Err(SKIPPED_WHILE_STALE.to_owned())
+        } else if batch.is_empty() {
             Ok(())
         } else {
             spool.commit(&batch).map_err(|e| e.to_string())
         };
-        let took = if batch.is_empty() {
+        let took = if batch.is_empty() || skipped {
             Duration::ZERO
         } else {
             started.elapsed()
@@ -284,6 +296,40 @@ mod tests {
         assert_eq!(
             (committed.up_to, committed.result, committed.took),
             (1, Ok(()), Duration::ZERO)
+        );
+    }
+
+    /// After a failure, only a snapshot is written: a delta on a stale file would leave it inconsistent.
+    #[test]
+    fn a_stale_spool_writes_no_delta_until_a_snapshot() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut spool = open(&dir);
+        spool.commit(&put(1)).unwrap();
+        // Stale, as after a failed commit (tests/spool.rs fails real commits on a full tmpfs).
+        let mut stale = spool;
+        stale.mark_stale_for_tests();
+        let (queue, inbox) = mpsc::channel();
+        queue.send((1, put(2))).unwrap();
+        drop(queue);
+        let (results, mut reports) = unbounded_channel();
+        let mut stale = run(stale, &inbox, &results);
+        let skipped = reports.try_recv().unwrap();
+        assert_eq!(skipped.result, Err(SKIPPED_WHILE_STALE.to_owned()));
+        assert_eq!(stale.len(), (1, 0), "the delta was not written");
+        let (queue, inbox) = mpsc::channel();
+        queue
+            .send((2, SpoolBatch::snapshot(put(3).put_statuses, Vec::new())))
+            .unwrap();
+        queue.send((3, put(4))).unwrap();
+        drop(queue);
+        stale = run(stale, &inbox, &results);
+        let committed = reports.try_recv().unwrap();
+        assert_eq!((committed.up_to, committed.result), (3, Ok(())));
+        assert!(!stale.is_stale());
+        assert_eq!(
+            stale.len(),
+            (1, 0),
+            "snapshot {{3}}, then 4 put and 3 removed"
         );
     }
 

@@ -341,6 +341,22 @@ impl JobHandler for CeleryHandler {
     fn name(&self) -> String {
         "celery".to_owned()
     }
+
+    /// A job queued before a restart: follows its task through [`CeleryHandler::reattach`].
+    fn resume(
+        &self,
+        job: Arc<JobRequest>,
+        record: &crate::spool::HandlerRecord,
+        accepted_at: Option<SystemTime>,
+        statuses: StatusSender,
+    ) -> Option<BoxFuture> {
+        match record {
+            crate::spool::HandlerRecord::Celery { task_id } => {
+                Some(self.reattach(job, task_id.clone(), accepted_at, statuses))
+            }
+            crate::spool::HandlerRecord::Exec { .. } => None,
+        }
+    }
 }
 
 /// Unregisters a job from the driver when its task ends or is dropped.
@@ -442,6 +458,12 @@ impl Shared {
         }
         self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
         self.note_enqueued(&uuid, &task_id, now_wall);
+        // With the spool, the job's record gets its task id, so a restarted client re-attaches instead of failing it.
+        let _ = statuses
+            .attached(crate::spool::HandlerRecord::Celery {
+                task_id: task_id.clone(),
+            })
+            .await;
         debug!(
             "job {uuid}: queued as Celery task {task_id} ({}) on {:?}",
             config.task, config.queue
