@@ -114,6 +114,33 @@ struct Outcome {
     never: Vec<String>,
 }
 
+/// `bounds` with the overrides of `MODEL_CHECK_BOUNDS` (`jobs=1,drops=3,ticks=true,...`, the field names of
+/// [`Bounds`]): for exploring how the state count grows, never for the runs the tests make.
+fn with_overrides(mut bounds: Bounds) -> Bounds {
+    let Ok(spec) = std::env::var("MODEL_CHECK_BOUNDS") else {
+        return bounds;
+    };
+    for item in spec.split(',').filter(|i| !i.is_empty()) {
+        let (key, value) = item.split_once('=').expect("key=value");
+        let n = || value.parse::<u8>().expect("a number");
+        let b = || value.parse::<bool>().expect("true or false");
+        match key {
+            "jobs" => bounds.jobs = n(),
+            "drops" => bounds.drops = n(),
+            "late_wakeups" => bounds.late_wakeups = n(),
+            "refusals" => bounds.refusals = n(),
+            "extra_statuses" => bounds.extra_statuses = n(),
+            "ticks" => bounds.ticks = b(),
+            "auth_rejection" => bounds.auth_rejection = b(),
+            "outbox_capacity" => bounds.outbox_capacity = n().into(),
+            "max_in_flight" => bounds.max_in_flight = n().into(),
+            "max_running_jobs" => bounds.max_running_jobs = n().into(),
+            other => panic!("unknown bound {other}"),
+        }
+    }
+    bounds
+}
+
 fn threads() -> usize {
     std::env::var("MODEL_CHECK_THREADS")
         .ok()
@@ -224,7 +251,7 @@ fn report(label: &str, bounds: Bounds, outcome: &Outcome) {
 #[test]
 fn bounded_model_check() {
     let first_failure = std::env::var_os("MODEL_CHECK_FIRST_FAILURE").is_some();
-    let bounds = ci_bounds();
+    let bounds = with_overrides(ci_bounds());
     let outcome = check(bounds, first_failure);
     report("ci", bounds, &outcome);
 }
@@ -232,7 +259,7 @@ fn bounded_model_check() {
 #[test]
 #[ignore = "the deeper run: minutes; run once per change of the machine"]
 fn deep_model_check() {
-    let bounds = deep_bounds();
+    let bounds = with_overrides(deep_bounds());
     let outcome = check(bounds, false);
     report("deep", bounds, &outcome);
 }

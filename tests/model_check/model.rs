@@ -6,7 +6,6 @@
 //! `Hash`/`Eq`), and the properties. Must never re-implement a decision of the machine: every input goes through
 //! `Machine::step`, and the world only records what the machine did and judges it against what it must do.
 
-use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,6 +124,107 @@ impl Bounds {
     }
 }
 
+/// A short list in a fixed array: the world is cloned for every state explored, and a clone of this is a copy,
+/// not an allocation.
+#[derive(Clone, Copy)]
+pub struct Small<T: Copy + Fill, const N: usize> {
+    items: [T; N],
+    len: u8,
+}
+
+/// The filler of a [`Small`]'s unused slots.
+pub trait Fill: Copy {
+    /// Any value (never read).
+    const FILL: Self;
+}
+
+impl Fill for JobStatus {
+    const FILL: Self = JobStatus::Unknown;
+}
+
+impl<T: Copy + Fill, const N: usize> Small<T, N> {
+    /// The empty list.
+    pub const fn new() -> Self {
+        Small {
+            items: [T::FILL; N],
+            len: 0,
+        }
+    }
+
+    /// The items, oldest first.
+    pub fn as_slice(&self) -> &[T] {
+        &self.items[..usize::from(self.len)]
+    }
+
+    /// Appends; the model's bounds keep every list short, so running out of room is a bug of the model.
+    pub fn push(&mut self, item: T) {
+        assert!(
+            usize::from(self.len) < N,
+            "a model list outgrew its {N} slots"
+        );
+        self.items[usize::from(self.len)] = item;
+        self.len += 1;
+    }
+
+    /// Removes and returns the oldest item.
+    pub fn pop_front(&mut self) -> Option<T> {
+        let first = *self.as_slice().first()?;
+        self.items.copy_within(1..usize::from(self.len), 0);
+        self.len -= 1;
+        Some(first)
+    }
+
+    /// The oldest item.
+    pub fn front(&self) -> Option<&T> {
+        self.as_slice().first()
+    }
+
+    /// Whether the list holds `item`.
+    pub fn contains(&self, item: &T) -> bool
+    where
+        T: PartialEq,
+    {
+        self.as_slice().contains(item)
+    }
+
+    /// The items, oldest first.
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.as_slice().iter()
+    }
+}
+
+impl<'a, T: Copy + Fill, const N: usize> IntoIterator for &'a Small<T, N> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+impl<T: Copy + Fill + PartialEq, const N: usize> PartialEq for Small<T, N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Copy + Fill + Eq, const N: usize> Eq for Small<T, N> {}
+
+impl<T: Copy + Fill + Hash, const N: usize> Hash for Small<T, N> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+impl<T: Copy + Fill + std::fmt::Debug, const N: usize> std::fmt::Debug for Small<T, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// Statuses of one job (at most `received`, the script, an extra status, `horde_failed`, `rejected`).
+pub type Statuses = Small<JobStatus, 8>;
+
 /// What kind of job request the facilitator pushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
@@ -219,6 +319,10 @@ pub enum Up {
     Close(u16),
 }
 
+impl Fill for Up {
+    const FILL: Self = Up::Auth;
+}
+
 /// A frame from the facilitator, in flight to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Down {
@@ -232,8 +336,12 @@ pub enum Down {
     CloseReply(u16),
 }
 
+impl Fill for Down {
+    const FILL: Self = Down::CloseReply(0);
+}
+
 /// The world's side of one socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
     /// The WebSocket handshake completed (`SocketOpened` fed).
     pub open: bool,
@@ -248,9 +356,9 @@ pub struct Link {
     /// The facilitator read the Close frame: it pushes nothing more.
     pub close_read: bool,
     /// Client to facilitator, oldest first.
-    pub up: VecDeque<Up>,
+    pub up: Small<Up, 16>,
     /// Facilitator to client, oldest first.
-    pub down: VecDeque<Down>,
+    pub down: Small<Down, 16>,
     /// A Ping is unanswered.
     pub ping_outstanding: bool,
     /// This connection did useful work while the client was Running: a status acknowledged or a job request
@@ -269,8 +377,8 @@ impl Link {
             facilitator_authed: false,
             close_sent: false,
             close_read: false,
-            up: VecDeque::new(),
-            down: VecDeque::new(),
+            up: Small::new(),
+            down: Small::new(),
             ping_outstanding: false,
             progress: false,
             last_heartbeat: None,
@@ -296,7 +404,7 @@ pub enum Handler {
 const SCRIPT: [JobStatus; 2] = [JobStatus::Accepted, JobStatus::Completed];
 
 /// What the world knows about one job.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct JobWorld {
     /// What the facilitator pushed, once it has.
     pub kind: Option<JobKind>,
@@ -305,25 +413,25 @@ pub struct JobWorld {
     /// Every status the client must account for, in the order it came to be: `received` when dispatched,
     /// `rejected` when refused, each handler status accepted before the job ended, `horde_failed` when
     /// cancelled before its terminal status. Each must end up stored, refused, or still held.
-    pub expected: Vec<JobStatus>,
+    pub expected: Statuses,
     /// The job ended for the client (its terminal status fed, or it was cancelled): any later status is late
     /// and must be dropped.
     pub ended: bool,
 }
 
 /// The facilitator's durable side: what it stored. Survives anything that happens to the client.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Facilitator {
     /// Per job, the statuses stored, in the order they were first received.
-    pub stored: Vec<Vec<JobStatus>>,
+    pub stored: [Statuses; MAX_JOBS],
     /// Per job, the statuses answered `job.not_found`.
-    pub refused: Vec<Vec<JobStatus>>,
+    pub refused: [Statuses; MAX_JOBS],
 }
 
 /// The client's durable side: the spool. Empty until the spool is wired into the machine; then a crash keeps
 /// this and [`Facilitator`] and loses everything else of the world and the machine, and a restart builds a new
 /// machine from it (one more [`Act`]: `Crash`, then the recovery the spool's `Persisted` inputs describe).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Durable;
 
 /// The nondeterministic resources left.
@@ -414,7 +522,7 @@ pub struct World {
     /// The client's durable part (see [`Durable`]).
     pub durable: Durable,
     /// The jobs, by index (`job-1` is index 0).
-    pub jobs: Vec<JobWorld>,
+    pub jobs: [JobWorld; MAX_JOBS],
     /// How many jobs the facilitator pushed so far.
     pub pushed: u8,
     /// Signals given (0, 1 = Shutdown, 2 = ForceStop).
@@ -595,30 +703,47 @@ impl McModel {
 
     /// The state after `act`, recording each input fed in `log` when given (for printing a path as a scenario).
     pub fn apply(&self, last: &McState, act: Act, log: Option<&mut Vec<Fed>>) -> Option<McState> {
-        let mut s = last.clone();
-        s.world.just = 0;
+        let mut world = last.world.clone();
+        world.just = 0;
         let mut step = Stepper {
             model: self,
-            s: &mut s,
+            last: &last.machine,
+            machine: None,
+            world,
             log,
         };
         step.act(act)?;
-        Some(s)
+        Some(McState {
+            machine: step.machine.unwrap_or_else(|| last.machine.clone()),
+            world: step.world,
+        })
     }
 }
 
-/// Applies one [`Act`] to a state.
+/// Applies one [`Act`] to a state. The machine is cloned only when it is stepped (or, at the end, when the
+/// action applied): most actions do not apply in a given state, and a clone of the machine is most of the cost
+/// of a step.
 struct Stepper<'a> {
     model: &'a McModel,
-    s: &'a mut McState,
+    last: &'a Machine,
+    machine: Option<Machine>,
+    world: World,
     log: Option<&'a mut Vec<Fed>>,
 }
 
 impl Stepper<'_> {
+    fn m(&self) -> &Machine {
+        self.machine.as_ref().unwrap_or(self.last)
+    }
+
+    fn m_mut(&mut self) -> &mut Machine {
+        self.machine.get_or_insert_with(|| self.last.clone())
+    }
+
     fn violate(&mut self, prop: Prop, detail: impl Into<String>) {
         // The first violation of a step is the one reported.
-        if self.s.world.violation.is_none() {
-            self.s.world.violation = Some(Violation {
+        if self.world.violation.is_none() {
+            self.world.violation = Some(Violation {
                 prop,
                 detail: detail.into(),
             });
@@ -626,27 +751,27 @@ impl Stepper<'_> {
     }
 
     fn link(&mut self) -> Option<&mut Link> {
-        self.s.world.link.as_mut()
+        self.world.link.as_mut()
     }
 
     /// `None` when the action does not apply (the checker then ignores it).
     fn act(&mut self, act: Act) -> Option<()> {
-        let now = self.s.world.now;
+        let now = self.world.now;
         match act {
             Act::Wait | Act::WaitLate => {
-                let (deadline, timer) = self.s.machine.poll_timeout()?;
+                let (deadline, timer) = self.m().poll_timeout()?;
                 let mut at = now.max(deadline);
                 if act == Act::WaitLate {
-                    if self.s.world.budget.late_wakeups == 0 {
+                    if self.world.budget.late_wakeups == 0 {
                         return None;
                     }
-                    self.s.world.budget.late_wakeups -= 1;
+                    self.world.budget.late_wakeups -= 1;
                     at += LATE;
                 }
-                self.s.world.now = at;
-                let before = self.s.machine.state().clone();
+                self.world.now = at;
+                let before = self.m().state().clone();
                 let actions = self.feed(Feed::Tick);
-                if actions.is_empty() && *self.s.machine.state() == before {
+                if actions.is_empty() && *self.m().state() == before {
                     self.violate(
                         Prop::NoIdleWakeup,
                         format!("woken for the {timer} deadline and did nothing"),
@@ -654,11 +779,11 @@ impl Stepper<'_> {
                 }
             }
             Act::Advance => {
-                let (deadline, _) = self.s.machine.poll_timeout()?;
+                let (deadline, _) = self.m().poll_timeout()?;
                 if !self.model.bounds.ticks || now + TICK >= deadline {
                     return None;
                 }
-                self.s.world.now = now + TICK;
+                self.world.now = now + TICK;
             }
             Act::OpenSucceeds => {
                 let link = self.link().filter(|l| !l.open)?;
@@ -666,25 +791,25 @@ impl Stepper<'_> {
                 self.feed(Feed::SocketOpened);
             }
             Act::FacilitatorAuth(answer) => {
-                let link = self.s.world.link.as_ref()?;
+                let link = self.world.link.as_ref()?;
                 if link.up.front() != Some(&Up::Auth) {
                     return None;
                 }
                 match answer {
                     AuthAnswer::Success => {}
                     AuthAnswer::SignatureInvalid if self.model.bounds.auth_rejection => {}
-                    AuthAnswer::ValidatorNotFound if self.s.world.budget.drops > 0 => {
-                        self.s.world.budget.drops -= 1;
+                    AuthAnswer::ValidatorNotFound if self.world.budget.drops > 0 => {
+                        self.world.budget.drops -= 1;
                     }
                     _ => return None,
                 }
                 let link = self.link()?;
                 link.up.pop_front();
                 link.facilitator_authed = answer == AuthAnswer::Success;
-                link.down.push_back(Down::Auth(answer));
+                link.down.push(Down::Auth(answer));
             }
             Act::FacilitatorReads | Act::FacilitatorRefuses => {
-                let front = *self.s.world.link.as_ref()?.up.front()?;
+                let front = *self.world.link.as_ref()?.up.front()?;
                 match front {
                     Up::Auth => return None,
                     Up::Close(code) => {
@@ -694,7 +819,7 @@ impl Stepper<'_> {
                         let link = self.link()?;
                         link.up.pop_front();
                         link.close_read = true;
-                        link.down.push_back(Down::CloseReply(code));
+                        link.down.push(Down::CloseReply(code));
                     }
                     Up::Status(j, status) => self.facilitator_reads_status(act, j, status)?,
                 }
@@ -711,23 +836,23 @@ impl Stepper<'_> {
                 self.feed(Feed::Pong);
             }
             Act::PushJob(kind) => {
-                let j = self.s.world.pushed;
+                let j = self.world.pushed;
                 if j >= self.model.bounds.jobs {
                     return None;
                 }
                 let link = self
                     .link()
                     .filter(|l| l.facilitator_authed && !l.close_read)?;
-                link.down.push_back(Down::Job(j, kind));
-                self.s.world.pushed += 1;
-                self.s.world.jobs[usize::from(j)].kind = Some(kind);
+                link.down.push(Down::Job(j, kind));
+                self.world.pushed += 1;
+                self.world.jobs[usize::from(j)].kind = Some(kind);
             }
             Act::Drop(kind) => {
-                let open = self.s.world.link.as_ref()?.open;
-                if self.s.world.budget.drops == 0 || (!open && kind != DropKind::Failed) {
+                let open = self.world.link.as_ref()?.open;
+                if self.world.budget.drops == 0 || (!open && kind != DropKind::Failed) {
                     return None;
                 }
-                self.s.world.budget.drops -= 1;
+                self.world.budget.drops -= 1;
                 let feed = match kind {
                     DropKind::Failed => Feed::SocketFailed,
                     DropKind::PeerClosed => Feed::SocketClosed(Some(1000)),
@@ -737,36 +862,36 @@ impl Stepper<'_> {
             }
             Act::HandlerStatus(j) => {
                 let (Handler::Running { next } | Handler::Cancelled { next }) =
-                    self.s.world.jobs[usize::from(j)].handler
+                    self.world.jobs[usize::from(j)].handler
                 else {
                     return None;
                 };
                 let status = *SCRIPT.get(usize::from(next))?;
-                if !self.s.machine.accepts_statuses() {
+                if !self.m().accepts_statuses() {
                     return None;
                 }
-                match &mut self.s.world.jobs[usize::from(j)].handler {
+                match &mut self.world.jobs[usize::from(j)].handler {
                     Handler::Running { next } | Handler::Cancelled { next } => *next += 1,
                     _ => unreachable!("matched above"),
                 }
                 self.handler_status(j, status);
             }
             Act::HandlerExtraStatus(j) => {
-                let job = &self.s.world.jobs[usize::from(j)];
-                if self.s.world.budget.extra_statuses == 0
+                let job = &self.world.jobs[usize::from(j)];
+                if self.world.budget.extra_statuses == 0
                     || job.handler
                         != (Handler::Running {
                             next: SCRIPT.len() as u8,
                         })
-                    || !self.s.machine.accepts_statuses()
+                    || !self.m().accepts_statuses()
                 {
                     return None;
                 }
-                self.s.world.budget.extra_statuses -= 1;
+                self.world.budget.extra_statuses -= 1;
                 self.handler_status(j, JobStatus::Failed);
             }
             Act::HandlerFinishes(j) => {
-                let job = &mut self.s.world.jobs[usize::from(j)];
+                let job = &mut self.world.jobs[usize::from(j)];
                 if job.handler
                     != (Handler::Running {
                         next: SCRIPT.len() as u8,
@@ -778,26 +903,26 @@ impl Stepper<'_> {
                 self.feed(Feed::JobFinished(j));
             }
             Act::Shutdown => {
-                if self.s.world.signals != 0 {
+                if self.world.signals != 0 {
                     return None;
                 }
-                self.s.world.signals = 1;
-                self.s.world.shutdown_at = Some(now);
+                self.world.signals = 1;
+                self.world.shutdown_at = Some(now);
                 self.feed(Feed::Shutdown);
             }
             Act::ForceStop => {
-                if self.s.world.signals != 1 {
+                if self.world.signals != 1 {
                     return None;
                 }
-                self.s.world.signals = 2;
-                let before = self.s.machine.state().kind();
+                self.world.signals = 2;
+                let before = self.m().state().kind();
                 self.feed(Feed::ForceStop);
-                if !self.s.machine.state().is_stopped() {
+                if !self.m().state().is_stopped() {
                     self.violate(
                         Prop::ForceStopOneStep,
                         format!(
                             "ForceStop in {before} left the machine in {}",
-                            self.s.machine.state().kind()
+                            self.m().state().kind()
                         ),
                     );
                 }
@@ -807,7 +932,7 @@ impl Stepper<'_> {
     }
 
     fn facilitator_reads_status(&mut self, act: Act, j: u8, status: JobStatus) -> Option<()> {
-        let world = &mut self.s.world;
+        let world = &mut self.world;
         let index = usize::from(j);
         let answer = if world.facilitator.stored[index].contains(&status) {
             // A re-send of what it stored: the only answer the facilitator gives.
@@ -847,7 +972,7 @@ impl Stepper<'_> {
                         "{status} of {name} reached the facilitator, but the client must have dropped it \
                          (it came after the job ended)"
                     )),
-                    Some(at) => job.expected[..at]
+                    Some(at) => job.expected.as_slice()[..at]
                         .iter()
                         .find(|s| !reached(s))
                         .map(|earlier| {
@@ -861,7 +986,7 @@ impl Stepper<'_> {
                 self.violate(Prop::PerJobOrder, problem);
             }
         }
-        let world = &mut self.s.world;
+        let world = &mut self.world;
         match answer {
             Answer::Success => {
                 world.facilitator.stored[index].push(status);
@@ -874,12 +999,12 @@ impl Stepper<'_> {
         }
         let link = world.link.as_mut()?;
         link.up.pop_front();
-        link.down.push_back(Down::Ack(answer, j, status));
+        link.down.push(Down::Ack(answer, j, status));
         Some(())
     }
 
     fn deliver(&mut self, frame: Down) {
-        let running = matches!(self.s.machine.state(), State::Running { .. });
+        let running = matches!(self.m().state(), State::Running { .. });
         match frame {
             Down::Auth(answer) => {
                 let feed = match answer {
@@ -887,7 +1012,7 @@ impl Stepper<'_> {
                         if let Some(link) = self.link() {
                             link.client_authed = true;
                         }
-                        self.s.world.authentications = (self.s.world.authentications + 1).min(2);
+                        self.world.authentications = (self.world.authentications + 1).min(2);
                         Feed::Response(None)
                     }
                     AuthAnswer::SignatureInvalid => {
@@ -930,7 +1055,7 @@ impl Stepper<'_> {
                         ),
                     );
                 }
-                self.s.world.just |= match answer {
+                self.world.just |= match answer {
                     Answer::IntegrityError => just::RESEND_ALREADY_STORED,
                     Answer::NotFound => just::STATUS_REFUSED,
                     Answer::Success => 0,
@@ -947,25 +1072,25 @@ impl Stepper<'_> {
                 self.feed(Feed::Job(j, kind));
             }
             Down::CloseReply(code) => {
-                self.s.world.link = None;
+                self.world.link = None;
                 self.feed(Feed::SocketClosed(Some(code)));
             }
         }
     }
 
     fn handler_status(&mut self, j: u8, status: JobStatus) {
-        let job = &mut self.s.world.jobs[usize::from(j)];
+        let job = &mut self.world.jobs[usize::from(j)];
         let late = job.ended;
         if !late {
             job.expected.push(status);
             job.ended = status.is_terminal();
         }
-        let dropped_before = self.s.machine.counters().statuses_dropped_late;
+        let dropped_before = self.m().counters().statuses_dropped_late;
         self.feed(Feed::Status(j, status));
-        let dropped = self.s.machine.counters().statuses_dropped_late - dropped_before;
+        let dropped = self.m().counters().statuses_dropped_late - dropped_before;
         if late {
             if dropped == 1 {
-                self.s.world.just |= just::LATE_STATUS_DROPPED;
+                self.world.just |= just::LATE_STATUS_DROPPED;
             } else {
                 self.violate(
                     Prop::PerJobOrder,
@@ -986,30 +1111,31 @@ impl Stepper<'_> {
     /// Feeds one input at the world's time, carries out the actions on the world, and checks what a single
     /// step must do.
     fn feed(&mut self, feed: Feed) -> Vec<Action> {
-        let now = self.s.world.now;
-        let before = self.s.machine.state().kind();
-        let was_running = matches!(self.s.machine.state(), State::Running { .. });
-        let backoff_failures = self.s.machine.backoff_failures();
-        let progress = self.s.world.link.as_ref().is_some_and(|l| l.progress);
+        let now = self.world.now;
+        let before = self.m().state().kind();
+        let was_running = matches!(self.m().state(), State::Running { .. });
+        let backoff_failures = self.m().backoff_failures();
+        let progress = self.world.link.as_ref().is_some_and(|l| l.progress);
         // The world notices a link drop before the client does.
         if matches!(feed, Feed::SocketFailed | Feed::SocketClosed(_)) {
-            self.s.world.link = None;
+            self.world.link = None;
         }
         let input = self.model.input(&feed);
-        let actions = self.s.machine.step(input, now);
+        let actions = self.m_mut().step(input, now);
+        let state = self.m().state().kind().as_str();
         if let Some(log) = self.log.as_mut() {
             log.push(Fed {
                 at_ms: self.model.ms(now),
                 feed: feed.clone(),
-                state: self.s.machine.state().kind().as_str(),
+                state,
                 actions: actions.iter().map(render).collect(),
             });
         }
         for action in &actions {
             self.carry_out(action);
         }
-        if let State::Disconnected { retry_at } = *self.s.machine.state()
-            && before != self.s.machine.state().kind()
+        if let State::Disconnected { retry_at } = *self.m().state()
+            && before != self.m().state().kind()
         {
             let delay = retry_at.saturating_duration_since(now);
             let backoff = self.model.config.backoff;
@@ -1031,7 +1157,7 @@ impl Stepper<'_> {
                     );
                 }
                 if backoff_failures > 0 {
-                    self.s.world.just |= just::BACKOFF_RESET;
+                    self.world.just |= just::BACKOFF_RESET;
                 }
             }
         }
@@ -1041,14 +1167,14 @@ impl Stepper<'_> {
     fn carry_out(&mut self, action: &Action) {
         match action {
             Action::Open => {
-                if self.s.world.link.is_some() {
+                if self.world.link.is_some() {
                     self.violate(Prop::OneSocket, "Open while a socket is open");
                 }
-                self.s.world.link = Some(Link::opening());
+                self.world.link = Some(Link::opening());
             }
             Action::Send(message) => self.on_send(message),
             Action::Ping => {
-                if !self.s.world.link.as_ref().is_some_and(|l| l.client_authed) {
+                if !self.world.link.as_ref().is_some_and(|l| l.client_authed) {
                     self.violate(Prop::AuthFirst, "Ping before the auth success");
                 } else if let Some(link) = self.link() {
                     link.ping_outstanding = true;
@@ -1057,19 +1183,19 @@ impl Stepper<'_> {
             Action::Close(code) => match self.link() {
                 Some(link) if link.client_authed && !link.close_sent => {
                     link.close_sent = true;
-                    link.up.push_back(Up::Close(*code));
+                    link.up.push(Up::Close(*code));
                 }
                 _ => self.violate(
                     Prop::AuthFirst,
                     "Close with no authenticated socket, or twice",
                 ),
             },
-            Action::Abort => self.s.world.link = None,
+            Action::Abort => self.world.link = None,
             Action::Dispatch(job) => {
                 let Some(j) = self.job_index(job.uuid()) else {
                     return self.violate(Prop::DispatchDiscipline, "dispatched an unknown job");
                 };
-                let world = &mut self.s.world;
+                let world = &mut self.world;
                 let job = &mut world.jobs[usize::from(j)];
                 let problem = if job.kind != Some(JobKind::Trusted) {
                     Some(format!("dispatched {} ({:?})", job_name(j), job.kind))
@@ -1087,7 +1213,7 @@ impl Stepper<'_> {
                 }
             }
             Action::CancelJobs => {
-                for job in &mut self.s.world.jobs {
+                for job in &mut self.world.jobs {
                     if let Handler::Running { next } = job.handler {
                         job.handler = Handler::Cancelled { next };
                         if !job.ended {
@@ -1099,7 +1225,7 @@ impl Stepper<'_> {
             }
             Action::Emit(Event::JobRejected { uuid, .. }) => {
                 if let Some(j) = self.job_index(uuid) {
-                    self.s.world.jobs[usize::from(j)]
+                    self.world.jobs[usize::from(j)]
                         .expected
                         .push(JobStatus::Rejected);
                 }
@@ -1107,12 +1233,11 @@ impl Stepper<'_> {
             Action::Emit(Event::StateChanged {
                 reason: Reason::DrainDeadlinePassed { .. },
                 ..
-            }) => self.s.world.just |= just::DRAIN_TIMED_OUT,
+            }) => self.world.just |= just::DRAIN_TIMED_OUT,
             Action::Emit(_) => {}
             Action::Stop(_) => {
-                self.s.world.link = None;
+                self.world.link = None;
                 let left: Vec<String> = self
-                    .s
                     .world
                     .jobs
                     .iter()
@@ -1134,9 +1259,9 @@ impl Stepper<'_> {
     }
 
     fn on_send(&mut self, message: &ClientMessage) {
-        let now = self.s.world.now;
+        let now = self.world.now;
         let interval = self.model.config.heartbeat_interval;
-        let Some(link) = self.s.world.link.as_mut().filter(|l| l.open) else {
+        let Some(link) = self.world.link.as_mut().filter(|l| l.open) else {
             return self.violate(
                 Prop::AuthFirst,
                 format!("Send of {} with no open socket", message.message_type()),
@@ -1154,7 +1279,7 @@ impl Stepper<'_> {
                     return self.violate(Prop::AuthFirst, "auth request sent twice on one socket");
                 }
                 link.auth_sent = true;
-                link.up.push_back(Up::Auth);
+                link.up.push(Up::Auth);
             }
             other if !link.client_authed => self.violate(
                 Prop::AuthFirst,
@@ -1180,7 +1305,7 @@ impl Stepper<'_> {
                 match self.job_index(&update.uuid) {
                     Some(j) => {
                         if let Some(link) = self.link() {
-                            link.up.push_back(Up::Status(j, status));
+                            link.up.push(Up::Status(j, status));
                         }
                     }
                     None => self.violate(Prop::NoStatusLost, "a status of an unknown job sent"),
@@ -1191,7 +1316,7 @@ impl Stepper<'_> {
     }
 
     fn job_index(&self, uuid: &str) -> Option<u8> {
-        (0..self.model.bounds.jobs).find(|j| job_uuid(*j) == uuid)
+        Some(job_of(uuid)).filter(|j| *j < self.model.bounds.jobs)
     }
 }
 
@@ -1277,23 +1402,48 @@ impl LinkKey {
     }
 }
 
-/// A held status as projected: its job, status and reasons, whether it was sent more than once (all the machine
-/// ever asks of the count), and whether it belongs to an accepted job.
-type HeldKey<'a> = (
-    &'a str,
-    JobStatus,
-    Option<JobRejectionReason>,
-    Option<HordeFailureReason>,
-    u32,
-    bool,
-);
+/// A held status as projected: its job, status and reasons, how many times it was sent capped at 2, and whether
+/// it belongs to an accepted job. The machine only ever asks "sent more than once?" of the count, after
+/// counting the send it is about to make: so 0 and 1 differ (the next send makes 1 or 2), 2 and more do not.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct HeldKey {
+    job: u8,
+    status: JobStatus,
+    rejection: Option<JobRejectionReason>,
+    failure: Option<HordeFailureReason>,
+    sends: u32,
+    of_accepted_job: bool,
+}
+
+impl Fill for HeldKey {
+    const FILL: Self = HeldKey {
+        job: 0,
+        status: JobStatus::Unknown,
+        rejection: None,
+        failure: None,
+        sends: 0,
+        of_accepted_job: false,
+    };
+}
+
+impl Fill for (u8, bool) {
+    const FILL: Self = (0, false);
+}
+
+/// The job index of a `job-N` UUID (255 for anything else).
+fn job_of(uuid: &str) -> u8 {
+    uuid.strip_prefix("00000000-0000-4000-8000-")
+        .and_then(|n| u64::from_str_radix(n, 16).ok())
+        .and_then(|n| u8::try_from(n.checked_sub(1)?).ok())
+        .unwrap_or(u8::MAX)
+}
 
 #[derive(Hash, PartialEq, Eq)]
-struct MachineKey<'a> {
+struct MachineKey {
     state: StateKey,
-    held: Vec<HeldKey<'a>>,
+    held: Small<HeldKey, 16>,
     in_flight: usize,
-    jobs: Vec<(&'a str, bool)>,
+    jobs: Small<(u8, bool), 8>,
     backoff_failures: u32,
     cancelled_any: bool,
 }
@@ -1302,8 +1452,8 @@ struct MachineKey<'a> {
 struct LinkWorldKey<'a> {
     open: bool,
     flags: [bool; 6],
-    up: &'a VecDeque<Up>,
-    down: &'a VecDeque<Down>,
+    up: &'a Small<Up, 16>,
+    down: &'a Small<Down, 16>,
     progress: bool,
     since_heartbeat: Option<i64>,
 }
@@ -1313,7 +1463,7 @@ struct WorldKey<'a> {
     link: Option<LinkWorldKey<'a>>,
     facilitator: &'a Facilitator,
     durable: &'a Durable,
-    jobs: &'a [JobWorld],
+    jobs: &'a [JobWorld; MAX_JOBS],
     pushed: u8,
     signals: u8,
     shutdown_left: Option<i64>,
@@ -1324,7 +1474,7 @@ struct WorldKey<'a> {
 }
 
 impl McState {
-    fn machine_key(&self) -> MachineKey<'_> {
+    fn machine_key(&self) -> MachineKey {
         let m = &self.machine;
         let now = self.world.now;
         let config = m.config();
@@ -1358,25 +1508,26 @@ impl McState {
             },
             State::Stopped { reason } => StateKey::Stopped(*reason),
         };
-        let held = m
-            .undelivered()
-            .zip(m.undelivered_details())
-            .map(|(u, (sends, of_accepted_job))| {
-                (
-                    u.uuid.as_str(),
-                    u.status,
-                    u.metadata.job_rejection_details.as_ref().map(|d| d.reason),
-                    u.metadata.horde_failure_details.as_ref().map(|d| d.reason),
-                    sends.min(2),
-                    of_accepted_job,
-                )
-            })
-            .collect();
+        let mut held = Small::new();
+        for (u, (sends, of_accepted_job)) in m.undelivered().zip(m.undelivered_details()) {
+            held.push(HeldKey {
+                job: job_of(&u.uuid),
+                status: u.status,
+                rejection: u.metadata.job_rejection_details.as_ref().map(|d| d.reason),
+                failure: u.metadata.horde_failure_details.as_ref().map(|d| d.reason),
+                sends: sends.min(2),
+                of_accepted_job,
+            });
+        }
+        let mut jobs = Small::new();
+        for (uuid, terminal) in m.running_jobs_terminal() {
+            jobs.push((job_of(uuid), terminal));
+        }
         MachineKey {
             state,
             held,
             in_flight: m.in_flight_len(),
-            jobs: m.running_jobs_terminal().collect(),
+            jobs,
             backoff_failures: m.backoff_failures().min(failures_at_cap(config)),
             cancelled_any: m.counters().jobs_cancelled > 0,
         }
@@ -1440,7 +1591,6 @@ impl Model for McModel {
     type Action = Act;
 
     fn init_states(&self) -> Vec<McState> {
-        let jobs = usize::from(self.bounds.jobs);
         vec![McState {
             machine: Machine::new(
                 self.config.clone(),
@@ -1452,19 +1602,16 @@ impl Model for McModel {
                 now: self.origin,
                 link: None,
                 facilitator: Facilitator {
-                    stored: vec![Vec::new(); jobs],
-                    refused: vec![Vec::new(); jobs],
+                    stored: [Statuses::new(); MAX_JOBS],
+                    refused: [Statuses::new(); MAX_JOBS],
                 },
                 durable: Durable,
-                jobs: vec![
-                    JobWorld {
-                        kind: None,
-                        handler: Handler::Idle,
-                        expected: Vec::new(),
-                        ended: false,
-                    };
-                    jobs
-                ],
+                jobs: [JobWorld {
+                    kind: None,
+                    handler: Handler::Idle,
+                    expected: Statuses::new(),
+                    ended: false,
+                }; MAX_JOBS],
                 pushed: 0,
                 signals: 0,
                 shutdown_at: None,
@@ -1653,13 +1800,12 @@ fn shutdown_bound_holds(s: &McState) -> bool {
 /// machine (queued or in flight; at the stop, what it reports undelivered).
 fn nothing_lost(s: &McState) -> bool {
     s.world.jobs.iter().enumerate().all(|(j, job)| {
-        let uuid = job_uuid(j as u8);
         job.expected.iter().all(|status| {
             s.world.facilitator.stored[j].contains(status)
                 || s.world.facilitator.refused[j].contains(status)
                 || s.machine
                     .undelivered()
-                    .any(|u| u.uuid == uuid && u.status == *status)
+                    .any(|u| u.status == *status && usize::from(job_of(&u.uuid)) == j)
         })
     })
 }
