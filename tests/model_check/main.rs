@@ -75,6 +75,7 @@ use stateright::{Checker, HasDiscoveries, Model};
 fn ci_bounds() -> Bounds {
     Bounds {
         jobs: 2,
+        refused_jobs: 1,
         drops: 2,
         late_wakeups: 1,
         refusals: 0,
@@ -91,6 +92,7 @@ fn ci_bounds() -> Bounds {
 fn deep_bounds() -> Bounds {
     Bounds {
         jobs: 2,
+        refused_jobs: 2,
         drops: 3,
         late_wakeups: 1,
         refusals: 1,
@@ -104,6 +106,8 @@ fn deep_bounds() -> Bounds {
 }
 
 struct Outcome {
+    /// Trusted job requests fed to a Running machine, and what one signature check costs.
+    signature_checks: (u64, Duration),
     unique: usize,
     generated: usize,
     depth: usize,
@@ -126,6 +130,7 @@ fn with_overrides(mut bounds: Bounds) -> Bounds {
         let b = || value.parse::<bool>().expect("true or false");
         match key {
             "jobs" => bounds.jobs = n(),
+            "refused_jobs" => bounds.refused_jobs = n(),
             "drops" => bounds.drops = n(),
             "late_wakeups" => bounds.late_wakeups = n(),
             "refusals" => bounds.refusals = n(),
@@ -167,7 +172,7 @@ fn check(bounds: Bounds, first_failure: bool) -> Outcome {
             (true, Some(path)) => {
                 let actions = path.into_actions();
                 let replayed = scenario::replay(model, &actions);
-                let failure = describe_failure(model, &replayed.last);
+                let failure = describe_failure(property.name, &replayed.last);
                 let doc = scenario::scenario(
                     model,
                     &replayed,
@@ -189,6 +194,12 @@ fn check(bounds: Bounds, first_failure: bool) -> Outcome {
         }
     }
     Outcome {
+        signature_checks: (
+            model
+                .trusted_deliveries
+                .load(std::sync::atomic::Ordering::Relaxed),
+            model.signature_check_cost(),
+        ),
         unique: checker.unique_state_count(),
         generated: checker.state_count(),
         depth: checker.max_depth(),
@@ -209,6 +220,12 @@ fn report(label: &str, bounds: Bounds, outcome: &Outcome) {
         outcome.elapsed.as_secs_f64(),
         threads()
     );
+    let (checks, cost) = outcome.signature_checks;
+    eprintln!(
+        "  sr25519: {checks} trusted job requests reached a Running machine, {:.1} us per check: {:.1} s of the run",
+        cost.as_secs_f64() * 1e6,
+        checks as f64 * cost.as_secs_f64()
+    );
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("model_check");
     let _ = std::fs::create_dir_all(&dir);
     for (i, (name, failure, doc, trace)) in outcome.failures.iter().enumerate() {
@@ -227,6 +244,8 @@ fn report(label: &str, bounds: Bounds, outcome: &Outcome) {
             "generated_states": outcome.generated,
             "depth": outcome.depth,
             "seconds": outcome.elapsed.as_secs_f64(),
+            "signature_checks": outcome.signature_checks.0,
+            "signature_check_us": outcome.signature_checks.1.as_secs_f64() * 1e6,
             "failures": outcome.failures.iter().map(|(n, f, _, _)| json!([n, f])).collect::<Vec<_>>(),
             "never": outcome.never,
         });
@@ -308,6 +327,94 @@ fn a_path_prints_as_a_scenario_that_replays_to_the_same_machine() {
             .step(facilitator_client::machine::Input::Tick, Instant::now())
             .is_empty()
     );
+}
+
+/// The projection merges only states that behave alike. A breadth-first walk of a small bound (every kind of
+/// action enabled) keeps one state per projection; whenever another state lands on a kept one, both get every
+/// action: each must apply to both or neither, lead to states with equal projections, make the same decisions
+/// (actions up to the counters), and every property must judge the two alike. Every merge is compared (a
+/// sample would miss the one early merge a wrong projection needs: later states only meet the representative).
+/// `MODEL_CHECK_BOUNDS` widens the walk.
+#[test]
+fn projection_merges_only_states_that_behave_alike() {
+    use std::collections::{HashMap, VecDeque};
+    let model = McModel::new(with_overrides(Bounds {
+        jobs: 1,
+        refused_jobs: 1,
+        drops: 1,
+        late_wakeups: 1,
+        refusals: 0,
+        extra_statuses: 0,
+        ticks: false,
+        auth_rejection: true,
+        outbox_capacity: 2,
+        max_in_flight: 1,
+        max_running_jobs: 1,
+    }));
+    let properties = model.properties();
+    let mut kept: HashMap<model::McState, ()> = HashMap::new();
+    let mut queue: VecDeque<model::McState> = model.init_states().into();
+    for s in &queue {
+        kept.insert(s.clone(), ());
+    }
+    let mut merges = 0u64;
+    let mut acts = Vec::new();
+    while let Some(s) = queue.pop_front() {
+        acts.clear();
+        model.actions(&s, &mut acts);
+        for act in acts.clone() {
+            let Some(next) = model.next_state(&s, act) else {
+                continue;
+            };
+            let Some((kept_state, ())) = kept.get_key_value(&next) else {
+                kept.insert(next.clone(), ());
+                queue.push_back(next);
+                continue;
+            };
+            merges += 1;
+            for p in &properties {
+                assert_eq!(
+                    (p.condition)(&model, kept_state),
+                    (p.condition)(&model, &next),
+                    "{} judges two merged states apart:\n{kept_state:?}\n{next:?}",
+                    p.name
+                );
+            }
+            let (mut a_acts, mut b_acts) = (Vec::new(), Vec::new());
+            model.actions(kept_state, &mut a_acts);
+            model.actions(&next, &mut b_acts);
+            assert_eq!(a_acts, b_acts);
+            for act in a_acts {
+                let (mut fed_a, mut fed_b) = (Vec::new(), Vec::new());
+                let a = model.apply(kept_state, act, Some(&mut fed_a));
+                let b = model.apply(&next, act, Some(&mut fed_b));
+                assert_eq!(
+                    a.is_some(),
+                    b.is_some(),
+                    "{act:?} applies to only one of two merged states"
+                );
+                let decisions = |fed: &[model::Fed]| {
+                    fed.iter().map(|f| f.decisions.clone()).collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    decisions(&fed_a),
+                    decisions(&fed_b),
+                    "{act:?}: two merged states decide differently"
+                );
+                if let (Some(a), Some(b)) = (a, b) {
+                    assert!(
+                        a == b,
+                        "{act:?} takes two merged states to different projections:\n{a:?}\n{b:?}"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "projection check: {} states, {merges} merges, each compared action by action",
+        kept.len()
+    );
+    assert!(merges > 10_000, "too few merges to mean anything: {merges}");
 }
 
 /// Builds a machine as `tests/scenarios.rs` does and feeds it the scenario's inputs (the subset of the format
@@ -444,7 +551,11 @@ fn mutations_are_caught() {
     }
     assert!(!patches.is_empty(), "no mutation patches");
     let files = files_to_copy(root);
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mutants-target");
+    // A target directory of its own (the build running this test may hold the lock of its own), unless
+    // MUTATION_TARGET_DIR names one (e.g. the usual one, when this test's binary is run directly).
+    let target = std::env::var_os("MUTATION_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("mutants-target"));
     let mut table = Vec::new();
     let mut missed = Vec::new();
     for patch in &patches {

@@ -8,6 +8,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use facilitator_client::machine::{
@@ -41,6 +42,8 @@ pub const MAX_JOBS: usize = 3;
 pub struct Bounds {
     /// Jobs the facilitator pushes (each trusted, untrusted or undecodable, chosen when it is pushed).
     pub jobs: u8,
+    /// How many of those may be untrusted or undecodable (the others are trusted).
+    pub refused_jobs: u8,
     /// Link faults: a connection attempt that fails, a link that drops (the client's socket fails, the peer
     /// closes with 1000, the peer goes away without a close frame), an `auth.validator_not_found` answer.
     pub drops: u8,
@@ -67,13 +70,13 @@ pub struct Bounds {
 /// The machine's timeouts in the model, in milliseconds, under the names of the scenario format's `config`.
 const TIMEOUTS_MS: [(&str, u64); 8] = [
     ("heartbeat_interval_ms", 2_000),
-    ("peer_timeout_ms", 3_000),
+    ("peer_timeout_ms", 4_000),
     ("connect_timeout_ms", 2_000),
     ("drain_timeout_ms", 3_000),
     ("close_timeout_ms", 2_000),
     ("backoff_base_ms", 1_000),
-    ("backoff_cap_ms", 4_000),
-    ("stable_after_ms", 4_000),
+    ("backoff_cap_ms", 2_000),
+    ("stable_after_ms", 2_000),
 ];
 
 fn timeout(name: &str) -> Duration {
@@ -445,6 +448,8 @@ pub struct Budget {
     pub refusals: u8,
     /// See [`Bounds::extra_statuses`].
     pub extra_statuses: u8,
+    /// See [`Bounds::refused_jobs`].
+    pub refused_jobs: u8,
 }
 
 /// The named properties. Each `always` property fails on a state that breaks it, or on the state after a step
@@ -466,23 +471,74 @@ pub enum Prop {
 }
 
 impl Prop {
-    /// The property's name, as the checker reports it.
+    /// The property's name, as the checker reports it (short: stateright hashes every property's name for
+    /// every state it visits).
     pub fn name(self) -> &'static str {
         match self {
-            Prop::ShutdownBound => "shutdown: Stopped within drain + close timeout",
-            Prop::ForceStopOneStep => "ForceStop: Stopped in one step",
-            Prop::NoStatusLost => "no status lost",
-            Prop::PerJobOrder => "per-job order at the facilitator",
-            Prop::AuthFirst => "nothing but auth before the auth success",
-            Prop::OneSocket => "one socket at most",
-            Prop::Bounds => "outbox and running jobs within their bounds",
-            Prop::Backoff => "backoff: base after progress, never over the cap",
-            Prop::DeadlineNotPast => "next deadline never in the past",
-            Prop::NoIdleWakeup => "no idle wake-up",
-            Prop::HeartbeatPaced => "heartbeats at least the interval apart",
-            Prop::DispatchDiscipline => "only trusted jobs dispatched, never after Shutdown",
+            Prop::ShutdownBound => "shutdown_bound",
+            Prop::ForceStopOneStep => "force_stop_one_step",
+            Prop::NoStatusLost => "no_status_lost",
+            Prop::PerJobOrder => "per_job_order",
+            Prop::AuthFirst => "auth_first",
+            Prop::OneSocket => "one_socket",
+            Prop::Bounds => "bounds",
+            Prop::Backoff => "backoff",
+            Prop::DeadlineNotPast => "deadline_not_past",
+            Prop::NoIdleWakeup => "no_idle_wakeup",
+            Prop::HeartbeatPaced => "heartbeat_paced",
+            Prop::DispatchDiscipline => "dispatch_discipline",
         }
     }
+
+    /// What the property says.
+    pub fn statement(self) -> &'static str {
+        match self {
+            Prop::ShutdownBound => {
+                "after Shutdown, Stopped within drain timeout + close timeout, given that deadlines fire"
+            }
+            Prop::ForceStopOneStep => "after ForceStop, Stopped in one step",
+            Prop::NoStatusLost => {
+                "every status produced is stored, refused, or still held (counted undelivered at the stop)"
+            }
+            Prop::PerJobOrder => {
+                "per job, the facilitator gets statuses in order, `received` first, nothing after a terminal status"
+            }
+            Prop::AuthFirst => {
+                "nothing but the auth request before the auth success; nothing after Close"
+            }
+            Prop::OneSocket => "at most one socket, and the machine and the world agree on it",
+            Prop::Bounds => {
+                "running jobs <= max_running_jobs; held statuses <= outbox_capacity + max_running_jobs"
+            }
+            Prop::Backoff => {
+                "after a productive connection the next delay is at most the base; never over the cap"
+            }
+            Prop::DeadlineNotPast => "the next deadline is never in the past",
+            Prop::NoIdleWakeup => "a deadline that fires always does something",
+            Prop::HeartbeatPaced => {
+                "heartbeats on one connection at least the interval apart (added: catches mutation 5)"
+            }
+            Prop::DispatchDiscipline => {
+                "only trusted jobs dispatched, once, never after Shutdown (added: catches mutation 6)"
+            }
+        }
+    }
+
+    /// Every property, in report order.
+    pub const ALL: [Prop; 12] = [
+        Prop::ShutdownBound,
+        Prop::ForceStopOneStep,
+        Prop::NoStatusLost,
+        Prop::PerJobOrder,
+        Prop::AuthFirst,
+        Prop::OneSocket,
+        Prop::Bounds,
+        Prop::Backoff,
+        Prop::DeadlineNotPast,
+        Prop::NoIdleWakeup,
+        Prop::HeartbeatPaced,
+        Prop::DispatchDiscipline,
+    ];
 }
 
 /// A property broken by a step, with what happened.
@@ -608,6 +664,9 @@ pub struct Fed {
     pub state: &'static str,
     /// The machine's actions, rendered.
     pub actions: Vec<String>,
+    /// The machine's actions without the numbers that only report history (sends, attempts, counts): what two
+    /// states the projection merges must agree on.
+    pub decisions: Vec<String>,
 }
 
 /// The keys and the job requests, built once: the machine checks each job request's signature itself, so the
@@ -659,6 +718,8 @@ pub struct McModel {
     config: Config,
     origin: Instant,
     fixtures: Arc<Fixtures>,
+    /// Trusted job requests fed to a Running machine: each costs the machine one sr25519 verification.
+    pub trusted_deliveries: AtomicU64,
 }
 
 impl McModel {
@@ -670,7 +731,24 @@ impl McModel {
             bounds,
             origin: Instant::now(),
             fixtures: Arc::new(Fixtures::new(bounds.jobs)),
+            trusted_deliveries: AtomicU64::new(0),
         }
+    }
+
+    /// What one signature check of a trusted job request costs the machine (the median of 101).
+    pub fn signature_check_cost(&self) -> Duration {
+        let Input::Frame(ServerMessage::JobRequest(job)) = &self.fixtures.job_inputs[0][0] else {
+            unreachable!("job-1's trusted request decodes as a job request")
+        };
+        let mut times: Vec<Duration> = (0..101)
+            .map(|_| {
+                let started = Instant::now();
+                assert_eq!(self.fixtures.signers.check(job), Ok(()));
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[50]
     }
 
     /// The machine's configuration.
@@ -837,8 +915,13 @@ impl Stepper<'_> {
             }
             Act::PushJob(kind) => {
                 let j = self.world.pushed;
-                if j >= self.model.bounds.jobs {
+                if j >= self.model.bounds.jobs
+                    || (kind != JobKind::Trusted && self.world.budget.refused_jobs == 0)
+                {
                     return None;
+                }
+                if kind != JobKind::Trusted {
+                    self.world.budget.refused_jobs -= 1;
                 }
                 let link = self
                     .link()
@@ -1062,6 +1145,11 @@ impl Stepper<'_> {
                 };
             }
             Down::Job(j, kind) => {
+                if running && kind == JobKind::Trusted {
+                    self.model
+                        .trusted_deliveries
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 // A decodable job request is progress (the machine's own rule: an undecodable one is not).
                 if running
                     && kind != JobKind::Invalid
@@ -1129,6 +1217,7 @@ impl Stepper<'_> {
                 feed: feed.clone(),
                 state,
                 actions: actions.iter().map(render).collect(),
+                decisions: actions.iter().map(decision).collect(),
             });
         }
         for action in &actions {
@@ -1337,6 +1426,25 @@ pub fn render(action: &Action) -> String {
             format!("Emit:{from}->{to} ({reason})")
         }
         Action::Emit(event) => format!("Emit:{event}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// An action as a decision: what was done, to what, without the numbers that report history (how many times a
+/// status was sent, which attempt this is, how many statuses are held: those are counters the projection leaves
+/// out on purpose).
+pub fn decision(action: &Action) -> String {
+    match action {
+        Action::Emit(event) => match event {
+            Event::StateChanged { from, to, reason } => {
+                format!("StateChanged {from}->{to} {}", reason.name())
+            }
+            Event::StatusDelivered { uuid, status, .. } => format!("Delivered {uuid} {status}"),
+            Event::StatusRefused { uuid, status, .. } => format!("Refused {uuid} {status}"),
+            Event::JobRejected { uuid, reason, .. } => format!("Rejected {uuid} {reason}"),
+            Event::Ignored(what) => format!("Ignored {}", what.kind()),
+            other => format!("{other:?}"),
+        },
         other => format!("{other:?}"),
     }
 }
@@ -1620,6 +1728,7 @@ impl Model for McModel {
                     late_wakeups: self.bounds.late_wakeups,
                     refusals: self.bounds.refusals,
                     extra_statuses: self.bounds.extra_statuses,
+                    refused_jobs: self.bounds.refused_jobs,
                 },
                 authentications: 0,
                 just: 0,
@@ -1719,52 +1828,45 @@ impl Model for McModel {
             }),
         ];
         properties.extend([
-            Property::sometimes(
-                "sometimes: a job completes after a reconnect",
-                |_, s: &McState| s.world.just & just::COMPLETED_AFTER_RECONNECT != 0,
-            ),
-            Property::sometimes("sometimes: a drain times out", |_, s: &McState| {
+            Property::sometimes("job_completes_after_reconnect", |_, s: &McState| {
+                s.world.just & just::COMPLETED_AFTER_RECONNECT != 0
+            }),
+            Property::sometimes("drain_times_out", |_, s: &McState| {
                 s.world.just & just::DRAIN_TIMED_OUT != 0
             }),
-            Property::sometimes(
-                "sometimes: a shutdown stops gracefully with everything delivered",
-                |_, s: &McState| {
-                    matches!(
-                        s.machine.state(),
-                        State::Stopped {
-                            reason: StopReason::Graceful
-                        }
-                    ) && s.machine.held_len() == 0
-                        && s.world
-                            .facilitator
-                            .stored
+            Property::sometimes("graceful_stop_everything_delivered", |_, s: &McState| {
+                matches!(
+                    s.machine.state(),
+                    State::Stopped {
+                        reason: StopReason::Graceful
+                    }
+                ) && s.machine.held_len() == 0
+                    && s.world
+                        .facilitator
+                        .stored
+                        .iter()
+                        .flatten()
+                        .any(|st| *st == JobStatus::Completed)
+                    && s.world.jobs.iter().enumerate().all(|(j, job)| {
+                        job.expected
                             .iter()
-                            .flatten()
-                            .any(|st| *st == JobStatus::Completed)
-                        && s.world.jobs.iter().enumerate().all(|(j, job)| {
-                            job.expected
-                                .iter()
-                                .all(|st| s.world.facilitator.stored[j].contains(st))
-                        })
-                },
-            ),
-            Property::sometimes("sometimes: a late status is dropped", |_, s: &McState| {
+                            .all(|st| s.world.facilitator.stored[j].contains(st))
+                    })
+            }),
+            Property::sometimes("late_status_dropped", |_, s: &McState| {
                 s.world.just & just::LATE_STATUS_DROPPED != 0
             }),
-            Property::sometimes(
-                "sometimes: a re-sent status already stored counts as delivered",
-                |_, s: &McState| s.world.just & just::RESEND_ALREADY_STORED != 0,
-            ),
-            Property::sometimes(
-                "sometimes: a productive connection resets a grown backoff",
-                |_, s: &McState| s.world.just & just::BACKOFF_RESET != 0,
-            ),
+            Property::sometimes("resend_already_stored_delivered", |_, s: &McState| {
+                s.world.just & just::RESEND_ALREADY_STORED != 0
+            }),
+            Property::sometimes("productive_connection_resets_backoff", |_, s: &McState| {
+                s.world.just & just::BACKOFF_RESET != 0
+            }),
         ]);
         if self.bounds.refusals > 0 {
-            properties.push(Property::sometimes(
-                "sometimes: a status is refused",
-                |_, s: &McState| s.world.just & just::STATUS_REFUSED != 0,
-            ));
+            properties.push(Property::sometimes("status_refused", |_, s: &McState| {
+                s.world.just & just::STATUS_REFUSED != 0
+            }));
         }
         properties
     }
@@ -1810,20 +1912,34 @@ fn nothing_lost(s: &McState) -> bool {
     })
 }
 
-/// The violation (or the first failing state property) of a discovery's last state, for reports.
-pub fn describe_failure(model: &McModel, s: &McState) -> String {
-    let _ = model;
-    match &s.world.violation {
-        Some(v) => format!("{}: {}", v.prop.name(), v.detail),
-        None => format!(
-            "state property broken in {:?}: held {}, running {}, next deadline {:?} (now +{} ms)",
-            s.machine.state().kind(),
-            s.machine.held_len(),
-            s.machine.running_job_count(),
-            s.machine
-                .poll_timeout()
-                .map(|(d, t)| (rel(s.world.now, d), t)),
-            0
-        ),
+/// What broke `property` in a counterexample's last state: the step's violation, or the state's numbers.
+pub fn describe_failure(property: &str, s: &McState) -> String {
+    if let Some(v) = s
+        .world
+        .violation
+        .as_ref()
+        .filter(|v| v.prop.name() == property)
+    {
+        return v.detail.clone();
     }
+    let now = s.world.now;
+    let deadline = s
+        .machine
+        .poll_timeout()
+        .map(|(d, timer)| format!("{timer} in {} ms", rel(now, d)));
+    let shutdown = s.world.shutdown_at.map(|at| {
+        let c = s.machine.config();
+        format!(
+            "; the shutdown bound is in {} ms",
+            rel(now, at + c.drain_timeout + c.close_timeout)
+        )
+    });
+    format!(
+        "in {}: {} held, {} running, next deadline {}{}",
+        s.machine.state().kind(),
+        s.machine.held_len(),
+        s.machine.running_job_count(),
+        deadline.unwrap_or_else(|| "none".into()),
+        shutdown.unwrap_or_default()
+    )
 }
