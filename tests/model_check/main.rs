@@ -220,6 +220,15 @@ fn report(label: &str, bounds: Bounds, outcome: &Outcome) {
         outcome.elapsed.as_secs_f64(),
         threads()
     );
+    for prop in model::Prop::ALL {
+        let broken = outcome.failures.iter().any(|(n, ..)| n == prop.name());
+        eprintln!(
+            "  {:<20} {:<7} {}",
+            prop.name(),
+            if broken { "BROKEN" } else { "holds" },
+            prop.statement()
+        );
+    }
     let (checks, cost) = outcome.signature_checks;
     eprintln!(
         "  sr25519: {checks} trusted job requests reached a Running machine, {:.1} us per check: {:.1} s of the run",

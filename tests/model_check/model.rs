@@ -751,11 +751,6 @@ impl McModel {
         times[50]
     }
 
-    /// The machine's configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     fn ms(&self, t: Instant) -> u64 {
         (t - self.origin).as_millis() as u64
     }
