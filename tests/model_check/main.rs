@@ -585,7 +585,15 @@ fn mutations_are_caught() {
         assert!(applied.success(), "{} does not apply", patch.display());
         let report = copy.path().join("report.json");
         let started = Instant::now();
-        let run = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // The toolchain that built this test, whatever directory a dependency's own rust-toolchain.toml sits in
+        // (dashmap's pins one): run directly rather than through rustup's proxy, cargo would otherwise call
+        // the proxy's `rustc`, which honours that file.
+        let rustc = Path::new(env!("CARGO")).with_file_name("rustc");
+        if rustc.is_file() {
+            cargo.env("RUSTC", rustc);
+        }
+        let run = cargo
             .args([
                 "test",
                 "--quiet",
