@@ -295,7 +295,11 @@ fn bounded_model_check() {
     let mut outcome = check(
         bounds,
         first_failure,
-        if first_failure { Search::Bfs } else { Search::Dfs },
+        if first_failure {
+            Search::Bfs
+        } else {
+            Search::Dfs
+        },
     );
     if !outcome.failures.is_empty() && !first_failure {
         outcome.failures = check(bounds, true, Search::Bfs).failures;
@@ -325,9 +329,12 @@ fn a_path_prints_as_a_scenario_that_replays_to_the_same_machine() {
         OpenSucceeds,
         FacilitatorAuth(model::AuthAnswer::Success),
         Deliver,
+        PushJob(JobKind::Untrusted),
         PushJob(JobKind::Trusted),
+        DeliverBatch,
+        FacilitatorReads,
         Deliver,
-        HandlerStatus(0),
+        HandlerStatus(1),
         Drop(DropKind::PeerGone),
         Wait,
         OpenSucceeds,
@@ -344,6 +351,7 @@ fn a_path_prints_as_a_scenario_that_replays_to_the_same_machine() {
     assert_eq!(steps.len(), replayed.fed.len());
     assert!(steps.iter().all(|s| s["state"].is_null()));
     assert_eq!(doc["config"]["max_running_jobs"], json!(1));
+    assert!(steps.iter().any(|s| s["input"].get("Frames").is_some()));
     // Feed the scenario's inputs, as tests/scenarios.rs would, to a machine built the way it builds one.
     let mut machine = replay_scenario(&doc);
     let last = &replayed.last.machine;
@@ -451,7 +459,7 @@ fn projection_merges_only_states_that_behave_alike() {
 /// Builds a machine as `tests/scenarios.rs` does and feeds it the scenario's inputs (the subset of the format
 /// the model prints).
 fn replay_scenario(doc: &Value) -> facilitator_client::machine::Machine {
-    use facilitator_client::machine::{BackoffConfig, Config, Input, Machine};
+    use facilitator_client::machine::{BackoffConfig, Config, Incoming, Input, Machine};
     use facilitator_client::protocol::keys::Hotkey;
     use facilitator_client::protocol::testing::signed_job_text;
     use facilitator_client::protocol::{
@@ -496,10 +504,8 @@ fn replay_scenario(doc: &Value) -> facilitator_client::machine::Machine {
         Ok(m) => Input::Frame(m),
         Err(e) => Input::Undecodable(e),
     };
-    for step in doc["steps"].as_array().expect("steps") {
-        let at = start + Duration::from_millis(step["at"].as_u64().expect("at"));
-        let spec = &step["input"];
-        let input = match spec.as_str() {
+    let input = |spec: &Value| -> Input {
+        match spec.as_str() {
             Some("Tick") => Input::Tick,
             Some("SocketOpened") => Input::SocketOpened,
             Some("Pong") => Input::Pong,
@@ -533,6 +539,23 @@ fn replay_scenario(doc: &Value) -> facilitator_client::machine::Machine {
                     other => panic!("unexpected input {other}"),
                 }
             }
+        }
+    };
+    for step in doc["steps"].as_array().expect("steps") {
+        let at = start + Duration::from_millis(step["at"].as_u64().expect("at"));
+        let spec = &step["input"];
+        let input = match spec.get("Frames").and_then(Value::as_array) {
+            Some(frames) => Input::Frames(
+                frames
+                    .iter()
+                    .map(|f| match input(f) {
+                        Input::Frame(m) => Incoming::Message(m),
+                        Input::Undecodable(e) => Incoming::Undecodable(e),
+                        other => panic!("{other:?} in Frames"),
+                    })
+                    .collect(),
+            ),
+            None => input(spec),
         };
         let _ = machine.step(input, at);
     }

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use facilitator_client::machine::{
-    Action, BackoffConfig, Config, ConnectPhase, DrainPhase, Event, Input, Machine, Reason, State,
-    StopReason,
+    Action, BackoffConfig, Config, ConnectPhase, DrainPhase, Event, Incoming, Input, Machine,
+    Reason, State, StopReason,
 };
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::testing::signed_job_text;
@@ -292,6 +292,9 @@ pub enum Act {
     FacilitatorRefuses,
     /// The client reads the oldest frame the facilitator sent.
     Deliver,
+    /// The client reads every frame the facilitator sent so far (two or more) in one read: one
+    /// [`Input::Frames`], whose job requests' signatures the machine checks in one batch.
+    DeliverBatch,
     /// A Pong answers the outstanding Ping.
     Pong,
     /// The facilitator pushes the next job request.
@@ -614,6 +617,8 @@ pub enum Feed {
     /// A Response: success, or this error type.
     Response(Option<&'static str>),
     Job(u8, JobKind),
+    /// Several frames in one read.
+    Frames(Vec<Feed>),
     Status(u8, JobStatus),
     JobFinished(u8),
     Pong,
@@ -644,6 +649,9 @@ impl Feed {
             Feed::Job(j, JobKind::Trusted) => json!({"Job": job_name(*j)}),
             Feed::Job(j, JobKind::Untrusted) => json!({"UntrustedJob": job_name(*j)}),
             Feed::Job(j, JobKind::Invalid) => json!({"InvalidJob": job_name(*j)}),
+            Feed::Frames(frames) => {
+                json!({ "Frames": frames.iter().map(Feed::to_json).collect::<Vec<_>>() })
+            }
             Feed::Status(j, status) => json!({"Status": [job_name(*j), status.as_str()]}),
             Feed::JobFinished(j) => json!({"JobFinished": job_name(*j)}),
             Feed::Pong => json!("Pong"),
@@ -766,6 +774,17 @@ impl McModel {
                 Input::Frame(ServerMessage::Response(Response::error(error, "error", "")))
             }
             Feed::Job(j, kind) => self.fixtures.job_inputs[usize::from(*j)][*kind as usize].clone(),
+            Feed::Frames(frames) => Input::Frames(
+                frames
+                    .iter()
+                    .map(|f| match self.input(f) {
+                        Input::Frame(message) => Incoming::Message(message),
+                        Input::Undecodable(error) => Incoming::Undecodable(error),
+                        Input::Pong => Incoming::Pong,
+                        other => unreachable!("{other:?} is not read from the socket"),
+                    })
+                    .collect(),
+            ),
             Feed::Status(j, status) => Input::Status(JobStatusUpdate::new(job_uuid(*j), *status)),
             Feed::JobFinished(j) => Input::JobFinished(job_uuid(*j)),
             Feed::Pong => Input::Pong,
@@ -899,7 +918,21 @@ impl Stepper<'_> {
             }
             Act::Deliver => {
                 let front = self.link()?.down.pop_front()?;
-                self.deliver(front);
+                self.deliver(&[front]);
+            }
+            Act::DeliverBatch => {
+                // Everything read so far in one read, up to the facilitator's close (a close is not a frame).
+                let link = self.link()?;
+                let count = link
+                    .down
+                    .iter()
+                    .take_while(|f| !matches!(f, Down::CloseReply(_)))
+                    .count();
+                if count < 2 {
+                    return None;
+                }
+                let frames: Vec<Down> = (0..count).filter_map(|_| link.down.pop_front()).collect();
+                self.deliver(&frames);
             }
             Act::Pong => {
                 let link = self
@@ -1081,83 +1114,94 @@ impl Stepper<'_> {
         Some(())
     }
 
-    fn deliver(&mut self, frame: Down) {
+    /// The client reads `frames` (one frame, or several in one read: [`Input::Frames`]).
+    fn deliver(&mut self, frames: &[Down]) {
+        if let [Down::CloseReply(code)] = frames {
+            self.world.link = None;
+            self.feed(Feed::SocketClosed(Some(*code)));
+            return;
+        }
+        let mut feeds = Vec::with_capacity(frames.len());
+        for frame in frames {
+            feeds.push(match *frame {
+                Down::Auth(AuthAnswer::Success) => {
+                    if let Some(link) = self.link() {
+                        link.client_authed = true;
+                    }
+                    self.world.authentications = (self.world.authentications + 1).min(2);
+                    Feed::Response(None)
+                }
+                Down::Auth(AuthAnswer::SignatureInvalid) => {
+                    Feed::Response(Some(error_type::SIGNATURE_INVALID))
+                }
+                Down::Auth(AuthAnswer::ValidatorNotFound) => {
+                    Feed::Response(Some(error_type::VALIDATOR_NOT_FOUND))
+                }
+                Down::Ack(Answer::Success, ..) => Feed::Response(None),
+                Down::Ack(Answer::IntegrityError, ..) => {
+                    Feed::Response(Some(error_type::INTEGRITY_ERROR))
+                }
+                Down::Ack(Answer::NotFound, ..) => Feed::Response(Some(error_type::JOB_NOT_FOUND)),
+                Down::Job(j, kind) => Feed::Job(j, kind),
+                Down::CloseReply(_) => unreachable!("a close is never read with frames"),
+            });
+        }
+        let feed = match <[Feed; 1]>::try_from(feeds) {
+            Ok([one]) => one,
+            Err(many) => Feed::Frames(many),
+        };
+        let actions = self.feed(feed);
         let running = matches!(self.m().state(), State::Running { .. });
-        match frame {
-            Down::Auth(answer) => {
-                let feed = match answer {
-                    AuthAnswer::Success => {
-                        if let Some(link) = self.link() {
-                            link.client_authed = true;
-                        }
-                        self.world.authentications = (self.world.authentications + 1).min(2);
-                        Feed::Response(None)
-                    }
-                    AuthAnswer::SignatureInvalid => {
-                        Feed::Response(Some(error_type::SIGNATURE_INVALID))
-                    }
-                    AuthAnswer::ValidatorNotFound => {
-                        Feed::Response(Some(error_type::VALIDATOR_NOT_FOUND))
-                    }
-                };
-                self.feed(feed);
+        // Progress, by the machine's own rule: an acknowledged status or a decodable job request, while Running.
+        // The auth success is always the first frame of a socket, so a read that starts Connecting and ends
+        // Running made its Acks and jobs after it, in Running.
+        if running
+            && frames.iter().any(|f| {
+                matches!(f, Down::Ack(..)) || matches!(f, Down::Job(_, k) if *k != JobKind::Invalid)
+            })
+            && let Some(link) = self.link()
+        {
+            link.progress = true;
+        }
+        if running {
+            let trusted = frames
+                .iter()
+                .filter(|f| matches!(f, Down::Job(_, JobKind::Trusted)))
+                .count();
+            self.model
+                .trusted_deliveries
+                .fetch_add(trusted as u64, Ordering::Relaxed);
+        }
+        // Each Response answers the oldest status in flight: the client must take each Ack for the status the
+        // facilitator answered, in order.
+        let mut answered = actions.iter().filter_map(|a| match a {
+            Action::Emit(Event::StatusDelivered { uuid, status, .. }) => {
+                Some((uuid.clone(), *status, true))
             }
-            Down::Ack(answer, j, status) => {
-                if running && let Some(link) = self.link() {
-                    link.progress = true;
-                }
-                let feed = match answer {
-                    Answer::Success => Feed::Response(None),
-                    Answer::IntegrityError => Feed::Response(Some(error_type::INTEGRITY_ERROR)),
-                    Answer::NotFound => Feed::Response(Some(error_type::JOB_NOT_FOUND)),
-                };
-                let actions = self.feed(feed);
-                let uuid = job_uuid(j);
-                let answered = actions.iter().find_map(|a| match a {
-                    Action::Emit(Event::StatusDelivered {
-                        uuid: u, status: s, ..
-                    }) => Some((u.clone(), *s, true)),
-                    Action::Emit(Event::StatusRefused {
-                        uuid: u, status: s, ..
-                    }) => Some((u.clone(), *s, false)),
-                    _ => None,
-                });
-                let delivered = answer != Answer::NotFound;
-                if answered != Some((uuid, status, delivered)) {
-                    self.violate(
-                        Prop::NoStatusLost,
-                        format!(
-                            "the facilitator answered {answer:?} to {status} of {}, and the client took it as \
-                             {answered:?}",
-                            job_name(j)
-                        ),
-                    );
-                }
-                self.world.just |= match answer {
-                    Answer::IntegrityError => just::RESEND_ALREADY_STORED,
-                    Answer::NotFound => just::STATUS_REFUSED,
-                    Answer::Success => 0,
-                };
+            Action::Emit(Event::StatusRefused { uuid, status, .. }) => {
+                Some((uuid.clone(), *status, false))
             }
-            Down::Job(j, kind) => {
-                if running && kind == JobKind::Trusted {
-                    self.model
-                        .trusted_deliveries
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                // A decodable job request is progress (the machine's own rule: an undecodable one is not).
-                if running
-                    && kind != JobKind::Invalid
-                    && let Some(link) = self.link()
-                {
-                    link.progress = true;
-                }
-                self.feed(Feed::Job(j, kind));
+            _ => None,
+        });
+        for frame in frames {
+            let Down::Ack(answer, j, status) = *frame else {
+                continue;
+            };
+            let took = answered.next();
+            if took != Some((job_uuid(j), status, answer != Answer::NotFound)) {
+                self.violate(
+                    Prop::NoStatusLost,
+                    format!(
+                        "the facilitator answered {answer:?} to {status} of {}, and the client took it as {took:?}",
+                        job_name(j)
+                    ),
+                );
             }
-            Down::CloseReply(code) => {
-                self.world.link = None;
-                self.feed(Feed::SocketClosed(Some(code)));
-            }
+            self.world.just |= match answer {
+                Answer::IntegrityError => just::RESEND_ALREADY_STORED,
+                Answer::NotFound => just::STATUS_REFUSED,
+                Answer::Success => 0,
+            };
         }
     }
 
@@ -1748,6 +1792,7 @@ impl Model for McModel {
             Act::FacilitatorReads,
             Act::FacilitatorRefuses,
             Act::Deliver,
+            Act::DeliverBatch,
             Act::Pong,
             Act::PushJob(JobKind::Trusted),
             Act::PushJob(JobKind::Untrusted),
