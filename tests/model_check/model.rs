@@ -1051,6 +1051,12 @@ impl Stepper<'_> {
                 return None;
             }
             Answer::IntegrityError
+        } else if world.facilitator.refused[index].contains(&status) {
+            // A re-send of what it refused (the answer was lost with the link): refused again.
+            if act == Act::FacilitatorRefuses {
+                return None;
+            }
+            Answer::NotFound
         } else if act == Act::FacilitatorRefuses {
             if world.budget.refusals == 0 {
                 return None;
@@ -1060,10 +1066,12 @@ impl Stepper<'_> {
         } else {
             Answer::Success
         };
-        // The order the facilitator sees, on first receipt (a re-send of a stored status changes nothing):
-        // every status of the job that came to be before this one has reached it already, and nothing follows
-        // a terminal status.
-        if answer != Answer::IntegrityError {
+        // The order the facilitator sees, on first receipt (a re-send of a status it stored or refused changes
+        // nothing): every status of the job that came to be before this one has reached it already, and nothing
+        // follows a terminal status.
+        let first_receipt = !world.facilitator.stored[index].contains(&status)
+            && !world.facilitator.refused[index].contains(&status);
+        if first_receipt {
             let job = &world.jobs[index];
             let reached = |s: &JobStatus| {
                 world.facilitator.stored[index].contains(s)
@@ -1105,7 +1113,8 @@ impl Stepper<'_> {
                     world.just |= just::COMPLETED_AFTER_RECONNECT;
                 }
             }
-            Answer::NotFound => world.facilitator.refused[index].push(status),
+            Answer::NotFound if first_receipt => world.facilitator.refused[index].push(status),
+            Answer::NotFound => {}
             Answer::IntegrityError => {}
         }
         let link = world.link.as_mut()?;
