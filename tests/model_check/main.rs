@@ -1,6 +1,6 @@
 //! Model checking of the real state machine: every interleaving within small bounds, not a sample of them.
 //!
-//! [stateright](https://docs.rs/stateright) explores, breadth first, every state reachable by the real
+//! [stateright](https://docs.rs/stateright) explores every state reachable by the real
 //! `Machine::step` inside a small world ([`model`]): the facilitator's side of the wire (frames in flight each way,
 //! what it stored, jobs still to push), job handlers still running, signals still to come, and logical time. No
 //! second model of the machine: the world only feeds inputs and judges the actions. The properties are listed
@@ -27,8 +27,8 @@
 //! - Running's `since` as time connected, capped at `stable_after`: it is only compared with `stable_after`,
 //!   and once over, it stays over;
 //! - the held statuses in order (job, status, rejection or failure reason), with the number of sends capped at 2
-//!   (the machine only asks "sent more than once?") and whether each belongs to an accepted job; how many are
-//!   in flight;
+//!   (the machine only asks "sent more than once?", after counting the send it makes: so 0 and 1 differ) and
+//!   whether each belongs to an accepted job; how many are in flight;
 //! - the running jobs and whether each reported its terminal status;
 //! - the backoff's failed attempts, capped where the delay reaches the cap (more cannot change a delay);
 //! - whether any job was ever cancelled (the one counter a decision reads: a drain with cancelled jobs does not
@@ -45,7 +45,7 @@
 //! the statuses the client must account for, the budgets, the time since the last heartbeat (capped at the
 //! interval) and the time left to the shutdown bound, and the facts of the last step only (for `sometimes`).
 //! Every property reads only projected data, so the state the checker keeps judges the same as any it merges
-//! with it.
+//! with it. `projection_merges_only_states_that_behave_alike` tests all of this on every merge of a small walk.
 //!
 //! # Job signatures
 //!
@@ -55,10 +55,12 @@
 //!
 //! # Running
 //!
-//! `cargo test --test model_check` runs the bounded check (the CI run); `-- --ignored deep` the deeper one;
-//! `-- --ignored mutations` applies each patch of `tests/model_check/mutations/` to a copy of the tree and
-//! checks that the bounded run fails with the property the patch names. `MODEL_CHECK_THREADS` sets the
-//! checker's threads (default 2).
+//! `cargo test --test model_check` runs the bounded check (the CI run), depth first; when a property breaks, a
+//! breadth-first run finds the shortest counterexample and prints it as a trace and a scenario. `-- --ignored
+//! deep` runs the deeper one; `-- --ignored mutations` applies each patch of `tests/model_check/mutations/` to a
+//! copy of the tree and checks that the bounded run fails with the property the patch names.
+//! `MODEL_CHECK_THREADS` sets the checker's threads (default 2); `MODEL_CHECK_BOUNDS=jobs=1,ticks=true,...`
+//! overrides bounds for exploring (never for the runs the tests make).
 
 mod model;
 mod scenario;
