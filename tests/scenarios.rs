@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use facilitator_client::machine::{Action, BackoffConfig, Config, Event, Input, Machine, Recovery};
+use facilitator_client::machine::{Action, BackoffConfig, Config, Event, Incoming, Input, Machine, Recovery};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::testing::signed_job_text;
 use facilitator_client::protocol::{
@@ -277,6 +277,19 @@ impl World {
                 };
                 Input::JobAttached { uuid, handler }
             }
+            // Several frames from one read of the socket: each as its own input spec.
+            "Frames" => Input::Frames(
+                arg.as_array()
+                    .expect("Frames takes a list of inputs")
+                    .iter()
+                    .map(|spec| match self.input(spec) {
+                        Input::Frame(message) => Incoming::Message(message),
+                        Input::Undecodable(error) => Incoming::Undecodable(error),
+                        Input::Pong => Incoming::Pong,
+                        other => panic!("{other:?} is not read from the socket"),
+                    })
+                    .collect(),
+            ),
             other => panic!("unknown input {other}"),
         }
     }

@@ -289,6 +289,33 @@ impl Machine {
         report
     }
 
+    /// Test support: the reconnect backoff's failed attempts since its last reset, which the next delay grows
+    /// from. For the model checker's projection of the machine (`tests/model_check/`): two machines whose
+    /// backoffs differ here retry after different delays.
+    #[cfg(feature = "test-support")]
+    pub fn backoff_failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+
+    /// Test support: for each held status update, in the order of [`Machine::undelivered`], how many times it
+    /// was sent and whether it belongs to an accepted job (rather than answering a refused job request). For the
+    /// model checker's projection: a re-send answered `job.integrity_error` counts as delivered, a first send
+    /// as refused, and a drain waits only for statuses of accepted jobs.
+    #[cfg(feature = "test-support")]
+    pub fn undelivered_details(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
+        self.outbox.iter().map(|p| (p.sends, p.of_accepted_job))
+    }
+
+    /// Test support: the running jobs, each with whether its terminal status was reported. For the model
+    /// checker's projection: a job that reported it gets no `horde_failed` when cancelled, and its later
+    /// statuses are dropped.
+    #[cfg(feature = "test-support")]
+    pub fn running_jobs_terminal(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.jobs
+            .iter()
+            .map(|(uuid, terminal)| (uuid.as_str(), *terminal))
+    }
+
     /// When the machine next needs a [`Input::Tick`], and for which timer. `None` once stopped.
     pub fn poll_timeout(&self) -> Option<(Instant, Timer)> {
         let state = self.state_timeout();
