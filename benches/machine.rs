@@ -1,6 +1,6 @@
 //! The pure machine alone (`cargo bench --bench machine`): steps per second without sockets, tokio or a clock,
 //! and the cost of the one expensive thing a step can do, the job-signature check. Builds without the `runtime`
-//! feature. BENCHMARKS.md has the figures.
+//! feature. docs/BENCHMARKS.md has the figures.
 
 use std::hint::black_box;
 use std::sync::Arc;
