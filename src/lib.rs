@@ -146,6 +146,8 @@ mod runtime;
 #[cfg(feature = "test-support")]
 pub mod sim;
 pub mod spool;
+#[cfg(feature = "runtime")]
+mod utc;
 
 #[cfg(feature = "runtime")]
 pub use runtime::{

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::io::Write;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use log::kv::{Key, Value, VisitSource};
 
@@ -117,34 +117,17 @@ impl<'kvs> VisitSource<'kvs> for Fields<'_> {
 
 /// `2026-12-01T00:31:28.123Z`: UTC, millisecond precision (times before 1970 print as the epoch).
 pub fn rfc3339_millis(time: SystemTime) -> String {
-    let since_epoch = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    let secs = since_epoch.as_secs();
-    let millis = since_epoch.subsec_millis();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
+    let t = crate::utc::Utc::of(time);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        t.micros / 1000
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 pub(crate) use crate::ratelimit::{RateLimiter, suppressed_note};
@@ -152,6 +135,7 @@ pub(crate) use crate::ratelimit::{RateLimiter, suppressed_note};
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn json_lines_have_the_fixed_keys_and_the_structured_fields() {

@@ -8,7 +8,7 @@
 //! Redis, or read the clock (the caller passes the times in).
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -188,34 +188,17 @@ pub(super) fn result_key(task_id: &str) -> String {
 
 /// `datetime.isoformat()` of an aware UTC datetime, as Celery writes `expires`: `2026-01-31T12:00:00.123456+00:00`.
 pub(super) fn iso8601_utc(time: SystemTime) -> String {
-    // Times before 1970 do not occur here (the clock of a running validator); they print as the epoch.
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = since.as_secs();
-    let micros = since.subsec_micros();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let t = crate::utc::Utc::of(time);
+    let (y, mo, d, h, m, s) = (t.year, t.month, t.day, t.hour, t.minute, t.second);
     // Python omits the fraction when it is zero.
-    if micros == 0 {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}+00:00")
+    if t.micros == 0 {
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}+00:00")
     } else {
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{micros:06}+00:00")
+        format!(
+            "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{:06}+00:00",
+            t.micros
+        )
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Celery's `argsrepr` for one positional argument: `saferepr((arg,), 1024)` (celery/utils/saferepr.py) of the JSON
@@ -346,6 +329,7 @@ fn truncate(text: &str, maxlen: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn iso8601_is_pythons_isoformat() {
