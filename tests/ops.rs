@@ -27,6 +27,8 @@ use facilitator_client::{Client, ClientConfig, Metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod support;
+
 const GUARD: Duration = Duration::from_secs(30);
 
 // ---- helpers -------------------------------------------------------------------------------------------------
@@ -250,21 +252,10 @@ async fn idle_connections_holding_every_slot_only_delay_a_scrape_by_the_header_t
 // ---- /metrics during a real run ------------------------------------------------------------------------------
 
 fn client_config(facilitator: &ReferenceFacilitator) -> ClientConfig {
-    let mut config = ClientConfig::new(facilitator.url());
-    config.trusted_signers = vec![facilitator.signer_ss58()];
+    let mut config = support::loopback::client_config(facilitator);
     // Long heartbeats: the figures stay still once the jobs are done, so a scrape and a snapshot can be compared.
     config.machine.heartbeat_interval = Duration::from_secs(60);
     config.machine.peer_timeout = Duration::from_secs(120);
-    config.machine.connect_timeout = Duration::from_secs(2);
-    config.machine.drain_timeout = Duration::from_secs(3);
-    config.machine.close_timeout = Duration::from_secs(1);
-    config.machine.backoff = BackoffConfig {
-        base: Duration::from_millis(50),
-        factor: 2.0,
-        cap: Duration::from_millis(400),
-        jitter: 0.5,
-        stable_after: Duration::from_secs(1),
-    };
     config
 }
 

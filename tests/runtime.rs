@@ -17,45 +17,11 @@ use facilitator_client::reference::{
 };
 use facilitator_client::{Client, ClientConfig, Outcome};
 
-const GUARD: Duration = Duration::from_secs(20);
-
-fn client_config(facilitator: &ReferenceFacilitator) -> ClientConfig {
-    let mut config = ClientConfig::new(facilitator.url());
-    config.trusted_signers = vec![facilitator.signer_ss58()];
-    config.machine.heartbeat_interval = Duration::from_millis(200);
-    config.machine.peer_timeout = Duration::from_millis(800);
-    config.machine.connect_timeout = Duration::from_secs(2);
-    config.machine.drain_timeout = Duration::from_secs(3);
-    config.machine.close_timeout = Duration::from_secs(1);
-    config.machine.backoff = BackoffConfig {
-        base: Duration::from_millis(50),
-        factor: 2.0,
-        cap: Duration::from_millis(400),
-        jitter: 0.5,
-        stable_after: Duration::from_secs(1),
-    };
-    config
-}
+mod support;
+use support::loopback::{GUARD, client_config, join, spawn_client, start};
 
 fn hotkey() -> Hotkey {
     Hotkey::from_seed(&[7u8; 32])
-}
-
-async fn start(config: FacilitatorConfig) -> ReferenceFacilitator {
-    ReferenceFacilitator::start(config)
-        .await
-        .expect("the reference facilitator starts")
-}
-
-fn spawn_client(client: Client) -> tokio::task::JoinHandle<Outcome> {
-    tokio::spawn(async move { client.run().await.expect("client configuration is valid") })
-}
-
-async fn join(handle: tokio::task::JoinHandle<Outcome>) -> Outcome {
-    tokio::time::timeout(GUARD, handle)
-        .await
-        .expect("the client stops in time")
-        .expect("the client task ends")
 }
 
 /// Waits until the client itself has seen its auth Response (the facilitator records auth before the client

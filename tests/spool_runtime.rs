@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use facilitator_client::handler::{BoxFuture, EchoHandler, JobHandler, StatusSender};
-use facilitator_client::machine::{BackoffConfig, Event, RESTARTED_WHILE_RUNNING, StopReason};
+use facilitator_client::machine::{Event, RESTARTED_WHILE_RUNNING, StopReason};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::{JobRequest, JobStatus};
 use facilitator_client::reference::{
@@ -21,46 +21,21 @@ use facilitator_client::spool::{HandlerRecord, Spool, SpoolIdentity, SpoolOpenEr
 use facilitator_client::{Client, ClientConfig, ConfigError, Outcome};
 use tempfile::TempDir;
 
-const GUARD: Duration = Duration::from_secs(20);
+mod support;
+use support::loopback::{GUARD, join, start};
 
 fn hotkey() -> Hotkey {
     Hotkey::from_seed(&[7u8; 32])
 }
 
 fn config(facilitator: &ReferenceFacilitator, spool: &Path) -> ClientConfig {
-    let mut config = ClientConfig::new(facilitator.url());
-    config.trusted_signers = vec![facilitator.signer_ss58()];
-    config.machine.heartbeat_interval = Duration::from_millis(200);
-    config.machine.peer_timeout = Duration::from_millis(800);
-    config.machine.connect_timeout = Duration::from_secs(2);
-    config.machine.drain_timeout = Duration::from_secs(3);
-    config.machine.close_timeout = Duration::from_secs(1);
-    config.machine.backoff = BackoffConfig {
-        base: Duration::from_millis(50),
-        factor: 2.0,
-        cap: Duration::from_millis(400),
-        jitter: 0.5,
-        stable_after: Duration::from_secs(1),
-    };
+    let mut config = support::loopback::client_config(facilitator);
     config.spool = Some(spool.to_path_buf());
     config
 }
 
-async fn start(config: FacilitatorConfig) -> ReferenceFacilitator {
-    ReferenceFacilitator::start(config)
-        .await
-        .expect("the reference facilitator starts")
-}
-
 fn spawn(client: Client) -> tokio::task::JoinHandle<Outcome> {
     tokio::spawn(async move { client.run().await.expect("the client runs") })
-}
-
-async fn join(handle: tokio::task::JoinHandle<Outcome>) -> Outcome {
-    tokio::time::timeout(GUARD, handle)
-        .await
-        .expect("the client stops in time")
-        .expect("the client task ends")
 }
 
 /// Kills the client's loop where it stands: no drain, no close; the spool's writer finishes what is queued.

@@ -5,6 +5,7 @@
 //! Each test file uses a different part of it.
 #![allow(dead_code)]
 
+pub mod loopback;
 pub mod proxy;
 
 use std::collections::HashSet;
