@@ -146,7 +146,7 @@ mod runtime;
 #[cfg(feature = "test-support")]
 pub mod sim;
 pub mod spool;
-#[cfg(feature = "runtime")]
+#[cfg(any(feature = "ops", feature = "celery", feature = "spool"))]
 mod utc;
 
 #[cfg(feature = "runtime")]
