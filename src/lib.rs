@@ -47,6 +47,7 @@
 //!             Action::CancelJobs => { /* kill every job handler */ }
 //!             Action::Emit(event) => println!("{event}"),
 //!             Action::Persist { .. } => { /* with Config::durable: commit the batch off the loop, then Persisted */ }
+//!             Action::ForwardCheatReport(_report) => { /* hand a verified cheat report on, off the loop */ }
 //!             Action::Stop(reason) => println!("stopped: {reason}"),
 //!         }
 //!     }
@@ -149,6 +150,7 @@ pub mod spool;
 
 #[cfg(feature = "runtime")]
 pub use runtime::{
-    CaFileError, Client, ClientConfig, ConfigError, Metrics, MetricsHandle, Observer, Outcome,
-    Peaks, ShutdownHandle, SpoolMetrics, SpoolSummary, TransportLimits, UrlError,
+    CaFileError, CheatForwarding, Client, ClientConfig, ConfigError, Metrics, MetricsHandle,
+    Observer, Outcome, Peaks, ShutdownHandle, SpoolMetrics, SpoolSummary, TransportLimits,
+    UrlError,
 };
