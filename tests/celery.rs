@@ -1,7 +1,9 @@
 //! The celery handler against the real thing: Debian's `redis-server` on a free loopback port (no persistence) and
 //! a real Celery worker (`celery -A tasks worker --concurrency 2 -Q organic_jobs`, prefork: two processes) running
 //! `tests/celery/tasks.py` from the venv `tests/celery/setup-venv.sh` makes. The handler is driven directly through
-//! `JobHandler::run`, as the client loop drives it, with jobs signed by the test signer.
+//! `JobHandler::run`, as the client loop drives it, with jobs signed by the test signer; one test (module
+//! `through_the_client`) runs the whole client with it against the reference facilitator: Redis down at a job's
+//! arrival, and a cheat report handed on.
 //!
 //! Missing `redis-server` or venv: with `FACILITATOR_REQUIRE_SERVICES=1` (CI) each test fails saying what to
 //! install; without it each prints a loud SKIPPED line and returns. Every child process is killed when a test ends,

@@ -207,7 +207,8 @@ impl CeleryHandler {
     }
 
     /// "The pipeline is available": `true` while the handler is subscribed on Redis, `false` while Redis is
-    /// unreachable (and before the first subscription). Jobs arriving while it is `false` should be answered busy.
+    /// unreachable (and before the first subscription). The client watches it ([`JobHandler::availability`]) and
+    /// answers jobs arriving while it is `false` `rejected` / `busy`, without queueing them.
     pub fn available(&self) -> watch::Receiver<bool> {
         self.shared.available.clone()
     }
