@@ -14,7 +14,10 @@
 //! - one sr25519 job-signature check, batch verification, the pure machine's steps per second;
 //! - client CPU per job (scheduler time from /proc) and, with valgrind, instructions per job and per verification;
 //! - the spool's cost: jobs/s at 256 in flight and job latency at 1 in flight with the spool on and off, the fsync
-//!   time of the file system it lives on, and the spool file's size after a long run.
+//!   time of the file system it lives on, and the spool file's size after a long run;
+//! - the celery handler beside `echo` (section `celery`): jobs/s and job latency at 1 and 16 in flight from the
+//!   reference facilitator through one local Celery worker (two processes) over a local `redis-server`, running the
+//!   handler's test task; skipped, saying why, without `redis-server` or the Python environment.
 //!
 //! Every client run but the spool section's passes `--no-spool` (the figures before the spool stay comparable);
 //! the spool section's spool is a temporary file, never the user's state directory.
@@ -222,6 +225,26 @@ mod bench {
                 "the celery handler beside echo: one local Celery worker over Redis, reference facilitator",
             );
             celery::run(&binary, options.celery_jobs, &mut report);
+        }
+
+        // The sections from here on (all but `reference` need the lean load server): without any of them, no jobs to
+        // sign.
+        let load_sections = [
+            "throughput",
+            "reference",
+            "spool",
+            "memory",
+            "sigint",
+            "refill",
+            "flood",
+            "flap",
+            "idle",
+            "callgrind",
+        ];
+        if !load_sections.iter().any(|s| options.wants(s)) {
+            println!("\nload at end: {}", load());
+            report.print();
+            return;
         }
 
         println!(
