@@ -14,7 +14,10 @@
 //! - one sr25519 job-signature check, batch verification, the pure machine's steps per second;
 //! - client CPU per job (scheduler time from /proc) and, with valgrind, instructions per job and per verification;
 //! - the spool's cost: jobs/s at 256 in flight and job latency at 1 in flight with the spool on and off, the fsync
-//!   time of the file system it lives on, and the spool file's size after a long run.
+//!   time of the file system it lives on, and the spool file's size after a long run;
+//! - the celery handler beside `echo` (section `celery`): jobs/s and job latency at 1 and 16 in flight from the
+//!   reference facilitator through one local Celery worker (two processes) over a local `redis-server`, running the
+//!   handler's test task; skipped, saying why, without `redis-server` or the Python environment.
 //!
 //! Every client run but the spool section's passes `--no-spool` (the figures before the spool stay comparable);
 //! the spool section's spool is a temporary file, never the user's state directory.
@@ -76,6 +79,8 @@ mod bench {
         spool_jobs: usize,
         /// `max_open` of the callgrind runs.
         callgrind_max_open: Vec<usize>,
+        /// Jobs of each run of the celery section.
+        celery_jobs: usize,
     }
 
     impl Options {
@@ -88,11 +93,12 @@ mod bench {
         eprintln!(
             "usage: bench [--jobs N] [--max-open N[,N...]] [--sigint-runs N] [--idle-secs S] [--no-callgrind] \
              [--no-reference] [--only SECTION[,SECTION...]] [--keep-callgrind DIR] [--flap-secs S] \
-             [--flood-jobs N] [--callgrind-max-open N[,N...]] [--job-shape minimal|upload] [--spool-jobs N]\n\
-             sections: verify, machine, throughput, reference, memory, sigint, refill, flood, flap, idle, spool, \
-             callgrind\n\
+             [--flood-jobs N] [--callgrind-max-open N[,N...]] [--job-shape minimal|upload] [--spool-jobs N] \
+             [--celery-jobs N]\n\
+             sections: verify, machine, celery, throughput, reference, memory, sigint, refill, flood, flap, idle, \
+             spool, callgrind\n\
              defaults: --jobs 20000 --max-open 1,16,256 --sigint-runs 7 --idle-secs 10 --flap-secs 30 \
-             --flood-jobs 100000 --callgrind-max-open 64 --job-shape minimal --spool-jobs 100000\n\
+             --flood-jobs 100000 --callgrind-max-open 64 --job-shape minimal --spool-jobs 100000 --celery-jobs 2000\n\
              job shapes: minimal (vector `minimal`, 796 bytes), upload (like vector `multi_upload_with_system_output`, \
              1.1 KiB: args, a signed single-file upload, a system-output upload)"
         );
@@ -124,6 +130,7 @@ mod bench {
             flood_jobs: 100_000,
             spool_jobs: 100_000,
             callgrind_max_open: vec![64],
+            celery_jobs: 2_000,
         };
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -147,6 +154,9 @@ mod bench {
                 "--flap-secs" => options.flap_secs = value().parse().unwrap_or_else(|_| usage()),
                 "--flood-jobs" => options.flood_jobs = value().parse().unwrap_or_else(|_| usage()),
                 "--spool-jobs" => options.spool_jobs = value().parse().unwrap_or_else(|_| usage()),
+                "--celery-jobs" => {
+                    options.celery_jobs = value().parse().unwrap_or_else(|_| usage())
+                }
                 "--callgrind-max-open" => {
                     options.callgrind_max_open = value()
                         .split(',')
@@ -210,6 +220,33 @@ mod bench {
             bench_machine(&mut report);
         }
 
+        if options.wants("celery") {
+            section(
+                "the celery handler beside echo: one local Celery worker over Redis, reference facilitator",
+            );
+            celery::run(&binary, options.celery_jobs, &mut report);
+        }
+
+        // The sections from here on (all but `reference` need the lean load server): without any of them, no jobs to
+        // sign.
+        let load_sections = [
+            "throughput",
+            "reference",
+            "spool",
+            "memory",
+            "sigint",
+            "refill",
+            "flood",
+            "flap",
+            "idle",
+            "callgrind",
+        ];
+        if !load_sections.iter().any(|s| options.wants(s)) {
+            println!("\nload at end: {}", load());
+            report.print();
+            return;
+        }
+
         println!(
             "\nsigning {} distinct jobs for the load server ...",
             options.jobs
@@ -253,7 +290,15 @@ mod bench {
         if options.reference && options.wants("reference") {
             section("throughput: the reference facilitator as the server");
             for runner in [Runner::Client, Runner::Ceiling] {
-                reference_run(&binary, runner, options.jobs, 256, &mut report);
+                reference_run(
+                    &binary,
+                    runner,
+                    runner.name(),
+                    &[],
+                    options.jobs,
+                    256,
+                    &mut report,
+                );
             }
         }
 
@@ -1380,6 +1425,201 @@ mod bench {
         format!("{:.2} MiB", kib as f64 / 1024.0)
     }
 
+    /// The celery handler's cost beside `echo`: the same jobs from the reference facilitator through the client
+    /// binary, handed to one local Celery worker (`tests/celery/tasks.py`, the handler's test task: it publishes
+    /// five statuses through channels_redis and returns the last) over a local `redis-server`, as the tests start
+    /// them. Not a test: without `redis-server` or the Python environment (`bash tests/celery/setup-venv.sh`, or
+    /// `FACILITATOR_CELERY_PYTHON`) the section says so and is skipped.
+    mod celery {
+        use std::os::unix::process::CommandExt as _;
+        use std::path::{Path, PathBuf};
+        use std::process::{Child, Command, Stdio};
+        use std::time::{Duration, Instant};
+
+        use super::{Report, Runner, reference_run, us};
+
+        /// The worker's pool processes: one worker, as a small validator runs it.
+        const CONCURRENCY: usize = 2;
+        const TASK: &str = "facilitator_client_tests.execute_organic_job";
+
+        /// Kills the worker's process group and Redis when the section ends, however it ends.
+        struct Services {
+            children: Vec<Child>,
+            /// Redis's directory and the worker's log: removed after the children are killed.
+            dir: tempfile::TempDir,
+        }
+
+        impl Drop for Services {
+            fn drop(&mut self) {
+                for child in &mut self.children {
+                    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                        // SAFETY: kill(2) on the child's own process group; no memory is involved.
+                        unsafe {
+                            libc::kill(-pid, libc::SIGKILL);
+                        }
+                    }
+                    let _ = child.wait();
+                }
+            }
+        }
+
+        fn find(name: &str) -> Option<PathBuf> {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+        }
+
+        fn redis_answers(port: u16) -> bool {
+            use std::io::{Read as _, Write as _};
+            let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut reply = [0u8; 7];
+            stream.write_all(b"PING\r\n").is_ok()
+                && stream.read_exact(&mut reply).is_ok()
+                && &reply == b"+PONG\r\n"
+        }
+
+        /// Starts Redis and the worker; `Err` says what is missing.
+        fn start() -> Result<(Services, String), String> {
+            let tasks_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/celery");
+            let redis_server = find("redis-server")
+                .ok_or("no redis-server (Debian: apt-get install -y redis-server)")?;
+            let python = std::env::var_os("FACILITATOR_CELERY_PYTHON")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| tasks_dir.join(".venv/bin/python"));
+            let python_ok = Command::new(&python)
+                .args(["-c", "import celery, channels_redis, django"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !python_ok {
+                return Err(format!(
+                    "no Python with celery and channels_redis at {} (bash tests/celery/setup-venv.sh, or set \
+                     FACILITATOR_CELERY_PYTHON)",
+                    python.display()
+                ));
+            }
+            let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("a free port: {e}"))?
+                .port();
+            let mut services = Services {
+                children: Vec::new(),
+                dir,
+            };
+            let dir = services.dir.path().to_path_buf();
+            let redis = Command::new(&redis_server)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .map_err(|e| format!("redis-server does not start: {e}"))?;
+            services.children.push(redis);
+            let started = Instant::now();
+            while !redis_answers(port) {
+                if started.elapsed() > Duration::from_secs(20) {
+                    return Err(format!("redis-server does not answer on port {port}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let url = format!("redis://127.0.0.1:{port}/0");
+            let log = dir.join("worker.log");
+            let file = std::fs::File::create(&log).map_err(|e| format!("the worker's log: {e}"))?;
+            let worker = Command::new(&python)
+                .args(["-m", "celery", "-A", "tasks", "worker", "--pool", "prefork"])
+                .args([
+                    "--concurrency",
+                    &CONCURRENCY.to_string(),
+                    "-Q",
+                    "organic_jobs",
+                ])
+                .args([
+                    "--loglevel",
+                    "INFO",
+                    "--without-heartbeat",
+                    "--without-gossip",
+                    "--without-mingle",
+                ])
+                .args(["-n", &format!("bench-{port}@%h")])
+                .current_dir(&tasks_dir)
+                .env("FACILITATOR_CELERY_TEST_BROKER", &url)
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .stdout(file.try_clone().map_err(|e| e.to_string())?)
+                .stderr(file)
+                .process_group(0)
+                .spawn()
+                .map_err(|e| format!("the Celery worker does not start: {e}"))?;
+            services.children.push(worker);
+            let started = Instant::now();
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(" ready.")
+            {
+                if started.elapsed() > Duration::from_secs(60) {
+                    return Err(format!(
+                        "the Celery worker is not ready after 60 s: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok((services, url))
+        }
+
+        pub(super) fn run(binary: &Path, jobs: usize, report: &mut Report) {
+            let (services, url) = match start() {
+                Ok(started) => started,
+                Err(missing) => {
+                    println!("  SKIPPED: {missing}");
+                    report.add("celery handler", "skipped", missing);
+                    return;
+                }
+            };
+            let celery = [
+                "--handler",
+                "celery",
+                "--celery-broker",
+                url.as_str(),
+                "--celery-task",
+                TASK,
+            ];
+            for max_open in [1, 16] {
+                let (echo_rate, echo_p50) =
+                    reference_run(binary, Runner::Client, "echo", &[], jobs, max_open, report);
+                let (celery_rate, celery_p50) = reference_run(
+                    binary,
+                    Runner::Client,
+                    "celery (1 worker, 2 processes)",
+                    &celery,
+                    jobs,
+                    max_open,
+                    report,
+                );
+                report.add(
+                    format!("celery / echo, reference facilitator, max_open {max_open}"),
+                    format!("{:.3}", celery_rate / echo_rate),
+                    format!(
+                        "jobs/s {celery_rate:.0} vs {echo_rate:.0}; job latency p50 {} vs {} (the difference: \
+                         Redis, the worker and the test task's five publishes)",
+                        us(celery_p50),
+                        us(echo_p50)
+                    ),
+                );
+            }
+            drop(services);
+        }
+    }
+
     // ---- the processes ---------------------------------------------------------------------------------------
 
     #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1652,13 +1892,17 @@ mod bench {
 
     /// The same work against the reference facilitator (records everything, parses every frame, signs each job
     /// as it creates it), on its own thread and runtime.
+    /// `name` labels the figures; `extra`: more flags for the client (`--handler celery ...`). Returns (jobs/s,
+    /// job latency p50).
     fn reference_run(
         binary: &Path,
         runner: Runner,
+        name: &str,
+        extra: &[&str],
         jobs: usize,
         max_open: usize,
         report: &mut Report,
-    ) {
+    ) -> (f64, Duration) {
         let (url_tx, url_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -1687,7 +1931,7 @@ mod bench {
             });
         });
         let url = url_rx.recv().expect("the facilitator starts");
-        let child = spawn(runner, binary, &url, "20");
+        let child = spawn_with(runner, binary, &url, "20", extra, false).0;
         let pid = child.id();
         let cpu_before = cpu_ns(pid);
         let (records, server_cpu) = done_rx.recv().expect("the run ends");
@@ -1715,7 +1959,6 @@ mod bench {
             .filter_map(|j| Some(*completed_at.get(j.uuid.as_str())? - j.created_at))
             .collect();
         latencies.sort();
-        let name = runner.name();
         report.add(
             format!("{name}, reference facilitator, max_open {max_open}: jobs/s"),
             format!("{:.0}", jobs as f64 / secs),
@@ -1729,6 +1972,7 @@ mod bench {
                 server_cpu as f64 / 1e9 / secs * 100.0,
             ),
         );
+        (jobs as f64 / secs, percentile(&latencies, 0.5))
     }
 
     /// Three runs of `jobs` jobs through one client process: its peak RSS after each must not grow.

@@ -47,6 +47,7 @@
 //!             Action::CancelJobs => { /* kill every job handler */ }
 //!             Action::Emit(event) => println!("{event}"),
 //!             Action::Persist { .. } => { /* with Config::durable: commit the batch off the loop, then Persisted */ }
+//!             Action::ForwardCheatReport(_report) => { /* hand a verified cheat report on, off the loop */ }
 //!             Action::Stop(reason) => println!("stopped: {reason}"),
 //!         }
 //!     }
@@ -151,6 +152,7 @@ mod utc;
 
 #[cfg(feature = "runtime")]
 pub use runtime::{
-    CaFileError, Client, ClientConfig, ConfigError, Metrics, MetricsHandle, Observer, Outcome,
-    Peaks, ShutdownHandle, SpoolMetrics, SpoolSummary, TransportLimits, UrlError,
+    CaFileError, CheatForwarding, Client, ClientConfig, ConfigError, Metrics, MetricsHandle,
+    Observer, Outcome, Peaks, ShutdownHandle, SpoolMetrics, SpoolSummary, TransportLimits,
+    UrlError,
 };

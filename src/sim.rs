@@ -28,8 +28,9 @@ use std::collections::BTreeMap;
 use crate::machine::{Action, BackoffConfig, Config, Event, Incoming, Input, Machine};
 use crate::protocol::keys::Hotkey;
 use crate::protocol::{
-    AuthenticationRequest, ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response,
-    ServerMessage, TrustedSigners, decode_server_frame, error_type, testing::signed_job_text,
+    AuthenticationRequest, ClientMessage, DecodeError, JobCheated, JobStatus, JobStatusUpdate,
+    Response, ServerMessage, TrustedSigners, decode_server_frame, error_type,
+    testing::signed_job_text,
 };
 use crate::spool::{HandlerRecord, JobRecord, Recovered, SpoolBatch, SpooledStatus};
 
@@ -108,6 +109,18 @@ pub enum SimEvent {
         job: u8,
         /// A Celery task rather than a process group.
         celery: bool,
+    },
+    /// The job handler's pipeline (Celery over Redis) goes down or comes back: while it is down, no job may be
+    /// dispatched.
+    Pipeline {
+        /// It is available.
+        up: bool,
+    },
+    /// The facilitator pushes a cheat report, signed by a trusted signer or by a stranger: only a trusted one may
+    /// be handed on to the handler, and it must be.
+    Cheat {
+        /// Signed by a trusted signer.
+        trusted: bool,
     },
 }
 
@@ -351,6 +364,12 @@ pub struct Sim {
     running_since: Option<Instant>,
     /// Steps taken.
     pub steps: u64,
+    /// Whether the handler's pipeline is up, as the world last told the machine.
+    pipeline_up: bool,
+    /// Cheat reports signed by a trusted signer and by a stranger.
+    cheat_reports: [JobCheated; 2],
+    /// Cheat reports the machine handed on.
+    cheats_forwarded: u64,
 }
 
 impl Sim {
@@ -425,6 +444,18 @@ impl Sim {
             productive_losses_after_failures: 0,
             running_since: None,
             steps: 0,
+            pipeline_up: true,
+            cheat_reports: [&signer, &stranger].map(|key| {
+                let mut report = JobCheated {
+                    signature: None,
+                    job_uuid: "00000000-0000-4000-8000-00000000c4ea".into(),
+                    trusted_job_uuid: "00000000-0000-4000-8000-00000000c4eb".into(),
+                    details: serde_json::json!({"reason": "simulated"}),
+                };
+                report.sign(key, 1);
+                report
+            }),
+            cheats_forwarded: 0,
         }
     }
 
@@ -674,6 +705,33 @@ impl Sim {
                     self.step(Input::JobAttached { uuid, handler })?;
                 }
             }
+            SimEvent::Pipeline { up } => {
+                self.pipeline_up = up;
+                self.step(Input::PipelineAvailable(up))?;
+                if self.machine.pipeline_available() != up && !self.machine.state().is_stopped() {
+                    return Err(format!(
+                        "told the pipeline is up={up}, the machine holds the opposite"
+                    ));
+                }
+            }
+            SimEvent::Cheat { trusted } => {
+                if self.authed() {
+                    let report = self.cheat_reports[usize::from(!trusted)].clone();
+                    let before = self.cheats_forwarded;
+                    let takes = matches!(
+                        self.machine.state(),
+                        crate::machine::State::Running { .. }
+                            | crate::machine::State::Draining { .. }
+                    );
+                    self.step(Input::Frame(ServerMessage::JobCheated(report)))?;
+                    let forwarded = self.cheats_forwarded - before;
+                    if forwarded != u64::from(trusted && takes) {
+                        return Err(format!(
+                            "a cheat report (trusted: {trusted}) was handed on {forwarded} time(s)"
+                        ));
+                    }
+                }
+            }
             SimEvent::Stale(which) => {
                 // Bring the world up to date first, so that "stale" is judged against the socket as it is now.
                 self.step(Input::Tick)?;
@@ -848,11 +906,22 @@ impl Sim {
                 if self.running.contains(&uuid) {
                     return Err(format!("job {uuid} dispatched twice while running"));
                 }
+                if !self.pipeline_up {
+                    return Err(format!(
+                        "job {uuid} dispatched while the handler's pipeline is unavailable"
+                    ));
+                }
                 self.dispatched.insert(uuid.clone());
                 self.running.push(uuid);
             }
             Action::CancelJobs => self.running.clear(),
             Action::Emit(_) => {}
+            Action::ForwardCheatReport(report) => {
+                if self.signers.check_cheat_report(report).is_err() {
+                    return Err("a cheat report not from a trusted signer was handed on".into());
+                }
+                self.cheats_forwarded += 1;
+            }
             Action::Persist { id, batch } => {
                 if !self.config.durable {
                     return Err("Persist without the spool".into());
@@ -1091,6 +1160,10 @@ impl Sim {
             // The re-attached task reports again what the lost process may have heard of.
             self.terminal_fed.remove(&uuid);
             self.running.push(uuid);
+        }
+        // The new process's loop tells its machine, on its first turn, what the handler's signal says.
+        if !self.pipeline_up {
+            self.step(Input::PipelineAvailable(false))?;
         }
         self.check_invariants()
     }
@@ -1386,6 +1459,11 @@ impl Sim {
     /// The id of the last `Persist` batch the machine emitted (0: none yet).
     pub fn last_batch_id(&self) -> u64 {
         self.spool.last_id
+    }
+
+    /// A cheat report signed by a trusted signer (`true`) or by a stranger.
+    pub fn cheat_report(&self, trusted: bool) -> JobCheated {
+        self.cheat_reports[usize::from(!trusted)].clone()
     }
 
     /// Productive connections lost after at least one unproductive attempt (see the backoff invariant).

@@ -1,7 +1,9 @@
 //! The celery handler against the real thing: Debian's `redis-server` on a free loopback port (no persistence) and
 //! a real Celery worker (`celery -A tasks worker --concurrency 2 -Q organic_jobs`, prefork: two processes) running
 //! `tests/celery/tasks.py` from the venv `tests/celery/setup-venv.sh` makes. The handler is driven directly through
-//! `JobHandler::run`, as the client loop drives it, with jobs signed by the test signer.
+//! `JobHandler::run`, as the client loop drives it, with jobs signed by the test signer; one test (module
+//! `through_the_client`) runs the whole client with it against the reference facilitator: Redis down at a job's
+//! arrival, and a cheat report handed on.
 //!
 //! Missing `redis-server` or venv: with `FACILITATOR_REQUIRE_SERVICES=1` (CI) each test fails saying what to
 //! install; without it each prints a loud SKIPPED line and returns. Every child process is killed when a test ends,
@@ -998,4 +1000,246 @@ async fn a_job_reserved_by_a_busy_worker_expires_unstarted() {
         }
     }
     assert_eq!(revoked, 1, "the late task was revoked as expired");
+}
+
+/// The whole client (its loop and machine) with the celery handler, against the reference facilitator over loopback:
+/// while Redis is down a job request is refused `busy` without `received` and nothing is queued; once Redis is
+/// back jobs flow again; a verified cheat report reaches the cheated task.
+#[cfg(feature = "reference")]
+mod through_the_client {
+    use super::*;
+    use facilitator_client::machine::{BackoffConfig, Event};
+    use facilitator_client::protocol::JobRejectionReason;
+    use facilitator_client::protocol::keys::Hotkey;
+    use facilitator_client::reference::{FacilitatorConfig, Records, ReferenceFacilitator};
+    use facilitator_client::{Client, ClientConfig, MetricsHandle};
+
+    fn client_config(facilitator: &ReferenceFacilitator) -> ClientConfig {
+        let mut config = ClientConfig::new(facilitator.url());
+        config.trusted_signers = vec![facilitator.signer_ss58()];
+        config.machine.heartbeat_interval = Duration::from_millis(500);
+        config.machine.peer_timeout = Duration::from_secs(5);
+        config.machine.drain_timeout = Duration::from_secs(10);
+        config.machine.backoff = BackoffConfig {
+            base: Duration::from_millis(50),
+            factor: 2.0,
+            cap: Duration::from_millis(400),
+            jitter: 0.5,
+            stable_after: Duration::from_secs(1),
+        };
+        config
+    }
+
+    async fn wait(
+        facilitator: &ReferenceFacilitator,
+        what: &str,
+        done: impl FnMut(&Records) -> bool,
+    ) {
+        facilitator
+            .wait_for(done, LIMIT)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+
+    async fn metrics_say(
+        metrics: &MetricsHandle,
+        what: &str,
+        holds: impl Fn(&facilitator_client::Metrics) -> bool,
+    ) {
+        let deadline = Instant::now() + LIMIT;
+        while !holds(&metrics.snapshot()) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {:?}",
+                metrics.snapshot()
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    const RUN: [JobStatus; 6] = [
+        JobStatus::Received,
+        JobStatus::Accepted,
+        JobStatus::ExecutorReady,
+        JobStatus::VolumesReady,
+        JobStatus::ExecutionDone,
+        JobStatus::Completed,
+    ];
+
+    /// The result the cheated task stored for the report about `job_uuid`, once it has run.
+    async fn cheated_task_result(env: &Env, job_uuid: &str) -> Value {
+        let mut redis = env.redis().await;
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("celery-task-meta-*")
+                .query_async(&mut redis)
+                .await
+                .expect("KEYS");
+            for key in keys {
+                let stored: Option<String> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .expect("GET");
+                let Some(meta) = stored.and_then(|s| serde_json::from_str::<Value>(&s).ok()) else {
+                    continue;
+                };
+                if meta["result"]["report"]["job_uuid"] == job_uuid {
+                    assert_eq!(meta["status"], "SUCCESS", "{meta}");
+                    return meta["result"]["report"].clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cheated task ran with the report"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_down_refuses_jobs_busy_and_a_verified_cheat_report_reaches_its_task() {
+        let Some(services) =
+            services("redis_down_refuses_jobs_busy_and_a_verified_cheat_report_reaches_its_task")
+        else {
+            return;
+        };
+        logs();
+        let mut env = Env::new(services);
+        env.start_worker("organic_jobs").await;
+        let handler = started(config(&env, Duration::from_secs(60))).await;
+        let mut available = handler.available();
+        let facilitator = ReferenceFacilitator::start(FacilitatorConfig::default())
+            .await
+            .expect("the reference facilitator starts");
+        let client = Client::new(
+            client_config(&facilitator),
+            Hotkey::from_seed(&[7u8; 32]),
+            Arc::new(handler.clone()),
+        )
+        .expect("valid client configuration");
+        let metrics = client.metrics();
+        let mut events = client.subscribe();
+        let shutdown = client.shutdown_handle();
+        let run = tokio::spawn(async move { client.run().await.expect("the client runs") });
+        wait(&facilitator, "the client authenticates", |r| {
+            r.authenticated_connections() == 1
+        })
+        .await;
+
+        // Redis up: a job goes through the worker.
+        let first = facilitator.push_job();
+        wait(&facilitator, "the first job completes", |r| {
+            r.job(&first).is_some_and(|j| j.is_finished())
+        })
+        .await;
+        assert_eq!(facilitator.snapshot().statuses_of(&first), RUN);
+
+        // Redis down: the machine hears of it, and a job is refused `busy` at once, without `received`.
+        env.kill_redis();
+        timeout(LIMIT, available.wait_for(|up| !*up))
+            .await
+            .expect("the pipeline signal goes false")
+            .expect("handler alive");
+        metrics_say(&metrics, "the machine knows the pipeline is down", |m| {
+            !m.pipeline_available
+        })
+        .await;
+        let enqueued = handler.stats().enqueued;
+        let refused = facilitator.push_job();
+        wait(&facilitator, "the refused job is answered", |r| {
+            r.job(&refused).is_some_and(|j| j.is_finished())
+        })
+        .await;
+        let records = facilitator.snapshot();
+        assert_eq!(
+            records.statuses_of(&refused),
+            [JobStatus::Rejected],
+            "no `received` first"
+        );
+        let answer = records
+            .stored()
+            .find(|u| u.uuid == refused)
+            .expect("the rejection is stored");
+        let details = &answer.metadata["job_rejection_details"];
+        assert_eq!(
+            details["reason"],
+            JobRejectionReason::Busy.as_str(),
+            "{details}"
+        );
+        assert_eq!(details["rejected_by"], "validator", "{details}");
+        assert_eq!(
+            handler.stats().enqueued,
+            enqueued,
+            "nothing queued for the refused job"
+        );
+        let m = metrics.snapshot();
+        assert_eq!(m.counters.jobs_rejected_unavailable, 1, "{:?}", m.counters);
+        assert_eq!(m.counters.pipeline_outages, 1, "{:?}", m.counters);
+        assert_eq!(m.running_jobs, 0, "nothing kept for later");
+
+        // Redis back: jobs flow again (the worker reconnects on its own).
+        env.start_redis();
+        timeout(LIMIT, available.wait_for(|up| *up))
+            .await
+            .expect("the pipeline signal comes back")
+            .expect("handler alive");
+        metrics_say(&metrics, "the machine knows the pipeline is back", |m| {
+            m.pipeline_available
+        })
+        .await;
+        let after = facilitator.push_job();
+        wait(&facilitator, "the job after the outage completes", |r| {
+            r.job(&after).is_some_and(|j| j.is_finished())
+        })
+        .await;
+        assert_eq!(facilitator.snapshot().statuses_of(&after), RUN);
+
+        // A verified cheat report reaches the cheated task, as one map with every key.
+        let details = serde_json::json!({"why": "output differs from the trusted miner's", "n": 2});
+        facilitator.push_cheated(&after, &first, details.clone());
+        let report = cheated_task_result(&env, &after).await;
+        assert_eq!(report["job_uuid"], after.as_str(), "{report}");
+        assert_eq!(report["trusted_job_uuid"], first.as_str(), "{report}");
+        assert_eq!(report["details"], details, "{report}");
+        assert!(
+            report["signature"].is_object(),
+            "the signature goes along: {report}"
+        );
+        metrics_say(&metrics, "the hand-off is counted", |m| {
+            m.cheat_forwarding.forwarded == 1
+        })
+        .await;
+
+        shutdown.shutdown();
+        let outcome = timeout(LIMIT, run)
+            .await
+            .expect("the client stops")
+            .expect("no panic");
+        assert_eq!(outcome.exit_code(), 0, "{:?}", outcome.reason);
+        assert!(outcome.undelivered.is_empty(), "{:?}", outcome.undelivered);
+        let c = &outcome.metrics.counters;
+        assert_eq!(
+            (c.jobs_accepted, c.jobs_rejected_unavailable),
+            (2, 1),
+            "{c:?}"
+        );
+        assert_eq!((c.cheat_reports, c.cheat_reports_trusted), (1, 1), "{c:?}");
+        assert_eq!(outcome.metrics.cheat_forwarding.failed, 0);
+        assert_eq!(handler.stats().cheat_reports, 1);
+
+        // The event stream told of the outage and of its end, with the count refused meanwhile.
+        let mut changes = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let Event::PipelineChanged {
+                available,
+                refused_meanwhile,
+            } = event
+            {
+                changes.push((available, refused_meanwhile));
+            }
+        }
+        assert_eq!(changes, [(false, 0), (true, 1)]);
+    }
 }

@@ -5,7 +5,8 @@
 //! close timeout; ForceStop stops in one step; every status accepted is delivered, refused by the facilitator, or
 //! still held (and so reported); per-job order of sends holds across reconnects; nothing but the auth request is
 //! sent before the auth success Response; at most one socket exists; the next deadline is never in the past, and a
-//! Tick at it always does something.
+//! Tick at it always does something; no job is dispatched while the handler's pipeline is down; exactly the
+//! cheat reports from trusted signers are handed on.
 
 use facilitator_client::sim::{AuthReply, CloseKind, JobKind, NoiseKind, Sim, SimEvent};
 use proptest::prelude::*;
@@ -55,6 +56,8 @@ fn event() -> impl Strategy<Value = SimEvent> {
         1 => Just(SimEvent::Shutdown),
         1 => Just(SimEvent::ForceStop),
         4 => any::<u8>().prop_map(SimEvent::Stale),
+        3 => any::<bool>().prop_map(|up| SimEvent::Pipeline { up }),
+        2 => any::<bool>().prop_map(|trusted| SimEvent::Cheat { trusted }),
     ]
 }
 

@@ -19,7 +19,7 @@ use facilitator_client::machine::{
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::testing::signed_job_text;
 use facilitator_client::protocol::{
-    ClientMessage, DecodeError, JobStatus, JobStatusUpdate, Response, ServerMessage,
+    ClientMessage, DecodeError, JobCheated, JobStatus, JobStatusUpdate, Response, ServerMessage,
     TrustedSigners, decode_server_frame,
 };
 use facilitator_client::spool::{HandlerRecord, JobRecord, Recovered, SpoolBatch, SpooledStatus};
@@ -264,6 +264,24 @@ impl World {
                 ))
             }
             "JobFinished" => Input::JobFinished(uuid_of(&text(arg))),
+            "Pipeline" => {
+                Input::PipelineAvailable(arg.as_bool().expect("Pipeline takes true or false"))
+            }
+            "Cheat" | "UntrustedCheat" => {
+                let mut report = JobCheated {
+                    signature: None,
+                    job_uuid: uuid_of(&text(arg)),
+                    trusted_job_uuid: uuid_of("job-999"),
+                    details: json!({"reason": "scenario"}),
+                };
+                let key = if key == "Cheat" {
+                    &self.signer
+                } else {
+                    &self.stranger
+                };
+                report.sign(key, 1);
+                Input::Frame(ServerMessage::JobCheated(report))
+            }
             "Attach" => {
                 let parts = arg.as_array().expect("Attach takes [job, exec|celery]");
                 let uuid = uuid_of(parts[0].as_str().unwrap());
@@ -358,7 +376,14 @@ fn render(action: &Action) -> String {
         Action::Emit(Event::SpoolUpToDate { stale_for }) => {
             format!("Emit:SpoolUpToDate(after={}ms)", stale_for.as_millis())
         }
+        Action::Emit(Event::PipelineChanged {
+            available,
+            refused_meanwhile,
+        }) => format!("Emit:PipelineChanged(available={available},refused={refused_meanwhile})"),
         Action::Persist { id, batch } => render_batch(*id, batch),
+        Action::ForwardCheatReport(report) => {
+            format!("ForwardCheatReport({})", name_of(&report.job_uuid))
+        }
         Action::Emit(other) => panic!("an event the scenarios cannot render: {other:?}"),
         Action::Stop(reason) => format!("Stop({reason:?})"),
     }

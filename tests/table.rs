@@ -58,7 +58,7 @@ fn load_table() -> (Value, BTreeMap<(String, String), Row>) {
     (doc, rows)
 }
 
-const ALL_ACTIONS: [ActionKind; 10] = ActionKind::ALL;
+const ALL_ACTIONS: [ActionKind; 11] = ActionKind::ALL;
 
 #[test]
 fn table_lists_every_state_and_input_pair_exactly_once() {
@@ -178,6 +178,10 @@ fn fixtures() -> Vec<(&'static str, Sim)> {
         build("running, idle", &[&authed]),
         build("running, heartbeat sent", &[&authed, &[Wait]]),
         build("running, job running", &[&with_job]),
+        build(
+            "running, job running, pipeline unavailable",
+            &[&with_job, &[Pipeline { up: false }]],
+        ),
         build("draining, job running", &[&with_job, &[Shutdown]]),
         build("draining, heartbeat sent", &[&with_job, &[Shutdown, Wait]]),
         build(
@@ -319,6 +323,8 @@ fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
                 sim.valid_job("00000000-0000-4000-8000-0000000fffff"),
             )),
             Input::Frame(ServerMessage::JobRequest(sim.valid_job(&job_uuid))),
+            Input::Frame(ServerMessage::JobCheated(sim.cheat_report(true))),
+            Input::Frame(ServerMessage::JobCheated(sim.cheat_report(false))),
         ],
         InputKind::Undecodable => vec![
             Input::Undecodable(DecodeError::Binary),
@@ -396,6 +402,10 @@ fn variants(kind: InputKind, sim: &Sim) -> Vec<Input> {
                 up_to: sim.last_batch_id(),
                 result: Err("No space left on device (os error 28)".into()),
             },
+        ],
+        InputKind::PipelineAvailable => vec![
+            Input::PipelineAvailable(false),
+            Input::PipelineAvailable(true),
         ],
         InputKind::Shutdown => vec![Input::Shutdown],
         InputKind::ForceStop => vec![Input::ForceStop],

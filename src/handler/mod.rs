@@ -11,9 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::protocol::{JobRequest, JobStatus, JobStatusUpdate};
+use crate::protocol::{JobCheated, JobRequest, JobStatus, JobStatusUpdate};
 use crate::spool::HandlerRecord;
 
 #[cfg(feature = "celery")]
@@ -33,6 +33,10 @@ pub const CELERY_BROKER_ENV_VAR: &str = "FACILITATOR_CELERY_BROKER";
 
 /// A boxed, sendable future, as handlers return.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// The hand-off of a cheat report ([`JobHandler::cheated`]): where it went (`Ok`, for the log) or why it could not
+/// go (`Err`).
+pub type CheatFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'static>>;
 
 /// Runs jobs. Implement this to plug your own job execution into the client.
 ///
@@ -73,6 +77,23 @@ pub trait JobHandler: Send + Sync + 'static {
         statuses: StatusSender,
     ) -> Option<BoxFuture> {
         let _ = (job, record, accepted_at, statuses);
+        None
+    }
+
+    /// Whether the handler's pipeline can take jobs now, for handlers that hand jobs to something that can be
+    /// down (the `celery` handler: Redis). The client watches it: while it says `false`, trusted job requests are
+    /// answered `rejected` / `busy` without `received`, and nothing is queued. `None` (the default): always
+    /// available.
+    fn availability(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
+
+    /// Takes a cheat report whose signature verified from a trusted signer (`V0JobCheated`). The client runs the
+    /// returned future on its own task, never on its loop, and logs and counts its outcome. `None` (the default):
+    /// this handler does not take cheat reports; the report is logged and counted only, as the reference validator
+    /// logs the ones it cannot act on.
+    fn cheated(&self, report: JobCheated) -> Option<CheatFuture> {
+        let _ = report;
         None
     }
 }

@@ -34,6 +34,11 @@ pub struct Counters {
     pub jobs_rejected_busy: u64,
     /// Job requests rejected (`busy`) because `max_running_jobs` jobs were running.
     pub jobs_rejected_full: u64,
+    /// Trusted job requests rejected (`busy`) because the handler's pipeline (the validator's Celery workers over
+    /// Redis) was unavailable.
+    pub jobs_rejected_unavailable: u64,
+    /// Times the handler's pipeline became unavailable.
+    pub pipeline_outages: u64,
     /// Job requests not answered at all because the outbox was full (the facilitator's own timeout fails them).
     pub jobs_unanswered: u64,
     /// Job requests rejected because they failed validation.
@@ -50,6 +55,8 @@ pub struct Counters {
     pub unexpected_responses: u64,
     /// Cheat reports received.
     pub cheat_reports: u64,
+    /// Cheat reports from a trusted signer handed to the driver for the job handler (`Action::ForwardCheatReport`).
+    pub cheat_reports_trusted: u64,
     /// Heartbeats sent.
     pub heartbeats: u64,
     /// Spool batches emitted (`Action::Persist`).

@@ -54,12 +54,21 @@ pub enum Event {
         /// The error types of the Response (e.g. `error: job.not_found`).
         error: String,
     },
-    /// A verified (or unverifiable) cheat report; only logged, as the reference validator does.
+    /// A cheat report, verified or not. An unverified one is only logged, as the reference validator does; a
+    /// verified one is also handed to the job handler (`Action::ForwardCheatReport`).
     CheatReport {
         /// The cheated job.
         job_uuid: String,
         /// Whether its signature verified from a trusted signer.
         trusted: bool,
+    },
+    /// The job handler's pipeline (the validator's Celery workers over Redis) became unavailable or available
+    /// again. While it is unavailable, trusted job requests are answered `rejected` / `busy`.
+    PipelineChanged {
+        /// Whether it is available now.
+        available: bool,
+        /// When it came back: the job requests refused while it was unavailable.
+        refused_meanwhile: u64,
     },
     /// A job request was not answered because the outbox was full; the facilitator's own timeout fails it.
     JobUnanswered {
@@ -102,7 +111,8 @@ impl Event {
             Event::StateChanged { .. }
             | Event::Ignored(_)
             | Event::SpoolCommitFailed { .. }
-            | Event::SpoolUpToDate { .. } => None,
+            | Event::SpoolUpToDate { .. }
+            | Event::PipelineChanged { .. } => None,
         }
     }
 }
@@ -142,6 +152,21 @@ impl fmt::Display for Event {
                 } else {
                     "not verified: ignored"
                 }
+            ),
+            Event::PipelineChanged {
+                available: false,
+                ..
+            } => f.write_str(
+                "the job pipeline (the validator's Celery workers over Redis) is unavailable: job requests are \
+                 answered rejected (busy) until it is back",
+            ),
+            Event::PipelineChanged {
+                available: true,
+                refused_meanwhile,
+            } => write!(
+                f,
+                "the job pipeline is available again ({refused_meanwhile} job request(s) answered busy while it \
+                 was not)"
             ),
             Event::JobUnanswered { uuid } => write!(
                 f,

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::protocol::{ClientMessage, DecodeError, JobRequest, JobStatusUpdate, ServerMessage};
+use crate::protocol::{
+    ClientMessage, DecodeError, JobCheated, JobRequest, JobStatusUpdate, ServerMessage,
+};
 use crate::spool::{HandlerRecord, SpoolBatch};
 
 use super::event::Event;
@@ -49,6 +51,11 @@ pub enum Input {
         /// What the commit did.
         result: Result<(), String>,
     },
+    /// The job handler's pipeline (the validator's Celery workers, reached over Redis) became available (`true`)
+    /// or unavailable (`false`). The machine starts with it available: a handler without a pipeline never sends
+    /// this. While it is unavailable, a trusted job request is answered `rejected` / `busy` without `received`,
+    /// and nothing is dispatched or queued for later.
+    PipelineAvailable(bool),
     /// First shutdown signal, or the API's shutdown handle.
     Shutdown,
     /// Second shutdown signal.
@@ -93,6 +100,8 @@ pub enum InputKind {
     JobAttached,
     /// [`Input::Persisted`].
     Persisted,
+    /// [`Input::PipelineAvailable`].
+    PipelineAvailable,
     /// [`Input::Shutdown`].
     Shutdown,
     /// [`Input::ForceStop`].
@@ -101,7 +110,7 @@ pub enum InputKind {
 
 impl InputKind {
     /// Every input kind.
-    pub const ALL: [InputKind; 14] = [
+    pub const ALL: [InputKind; 15] = [
         InputKind::Tick,
         InputKind::SocketOpened,
         InputKind::SocketFailed,
@@ -114,6 +123,7 @@ impl InputKind {
         InputKind::JobFinished,
         InputKind::JobAttached,
         InputKind::Persisted,
+        InputKind::PipelineAvailable,
         InputKind::Shutdown,
         InputKind::ForceStop,
     ];
@@ -133,6 +143,7 @@ impl InputKind {
             InputKind::JobFinished => "JobFinished",
             InputKind::JobAttached => "JobAttached",
             InputKind::Persisted => "Persisted",
+            InputKind::PipelineAvailable => "PipelineAvailable",
             InputKind::Shutdown => "Shutdown",
             InputKind::ForceStop => "ForceStop",
         }
@@ -155,6 +166,7 @@ impl Input {
             Input::JobFinished(_) => InputKind::JobFinished,
             Input::JobAttached { .. } => InputKind::JobAttached,
             Input::Persisted { .. } => InputKind::Persisted,
+            Input::PipelineAvailable(_) => InputKind::PipelineAvailable,
             Input::Shutdown => InputKind::Shutdown,
             Input::ForceStop => InputKind::ForceStop,
         }
@@ -190,6 +202,11 @@ pub enum Action {
         /// What to put and forget, or a full snapshot.
         batch: SpoolBatch,
     },
+    /// Hand a cheat report whose signature verified from a trusted signer to the job handler
+    /// (`JobHandler::cheated`: with `--celery-cheated-task`, the validator's Celery task). The driver must never
+    /// wait for it on its loop: it starts the hand-off and logs and counts its outcome; a handler that does not
+    /// take cheat reports leaves it logged and counted.
+    ForwardCheatReport(JobCheated),
     /// The machine stopped: the driver ends.
     Stop(StopReason),
 }
@@ -215,13 +232,15 @@ pub enum ActionKind {
     Emit,
     /// [`Action::Persist`].
     Persist,
+    /// [`Action::ForwardCheatReport`].
+    ForwardCheatReport,
     /// [`Action::Stop`].
     Stop,
 }
 
 impl ActionKind {
     /// Every action kind.
-    pub const ALL: [ActionKind; 10] = [
+    pub const ALL: [ActionKind; 11] = [
         ActionKind::Open,
         ActionKind::Send,
         ActionKind::Ping,
@@ -231,6 +250,7 @@ impl ActionKind {
         ActionKind::CancelJobs,
         ActionKind::Emit,
         ActionKind::Persist,
+        ActionKind::ForwardCheatReport,
         ActionKind::Stop,
     ];
 
@@ -246,6 +266,7 @@ impl ActionKind {
             ActionKind::CancelJobs => "CancelJobs",
             ActionKind::Emit => "Emit",
             ActionKind::Persist => "Persist",
+            ActionKind::ForwardCheatReport => "ForwardCheatReport",
             ActionKind::Stop => "Stop",
         }
     }
@@ -264,6 +285,7 @@ impl Action {
             Action::CancelJobs => ActionKind::CancelJobs,
             Action::Emit(_) => ActionKind::Emit,
             Action::Persist { .. } => ActionKind::Persist,
+            Action::ForwardCheatReport(_) => ActionKind::ForwardCheatReport,
             Action::Stop(_) => ActionKind::Stop,
         }
     }

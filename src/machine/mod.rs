@@ -62,6 +62,10 @@ pub struct Machine {
     counters: Counters,
     /// The spool bookkeeping (inactive without `Config::durable`).
     spool: Durability,
+    /// Whether the job handler's pipeline takes jobs (`Input::PipelineAvailable`; true until told otherwise).
+    pipeline_available: bool,
+    /// Job requests refused because the pipeline was unavailable, since it last became so.
+    refused_while_unavailable: u64,
 }
 
 /// What [`Machine::recover`] found in the spool and what the driver must do about it.
@@ -148,7 +152,14 @@ impl Machine {
             state: State::Disconnected { retry_at: now },
             jobs: BTreeMap::new(),
             counters: Counters::default(),
+            pipeline_available: true,
+            refused_while_unavailable: 0,
         }
+    }
+
+    /// Whether the job handler's pipeline takes jobs, as last told ([`Input::PipelineAvailable`]).
+    pub fn pipeline_available(&self) -> bool {
+        self.pipeline_available
     }
 
     /// The current state.
@@ -390,6 +401,11 @@ impl Machine {
             Input::Persisted { up_to, result } => {
                 if !was_stopped {
                     self.on_persisted(up_to, result, now, &mut out);
+                }
+            }
+            Input::PipelineAvailable(available) => {
+                if !was_stopped {
+                    self.on_pipeline(available, &mut out);
                 }
             }
             Input::Shutdown => self.on_shutdown(now, &mut out),
@@ -746,9 +762,14 @@ impl Machine {
                         self.counters.cheat_reports += 1;
                         let trusted = self.signers.check_cheat_report(&report).is_ok();
                         out.push(Action::Emit(Event::CheatReport {
-                            job_uuid: report.job_uuid,
+                            job_uuid: report.job_uuid.clone(),
                             trusted,
                         }));
+                        // Only a report the validator itself would act on goes on to its pipeline.
+                        if trusted {
+                            self.counters.cheat_reports_trusted += 1;
+                            out.push(Action::ForwardCheatReport(report));
+                        }
                     }
                 }
             }
@@ -930,6 +951,21 @@ impl Machine {
             );
             return;
         }
+        // After the signature check, as the validator verifies before it routes: an untrusted request hears about
+        // its signature. `busy` because the refusal is transient and says nothing about the job: the facilitator
+        // may offer it elsewhere or again (`no_miner_for_job` would claim a routing that never happened). Nothing
+        // is queued for later: the facilitator decides what to do with a refused job.
+        if !self.pipeline_available {
+            self.counters.jobs_rejected_unavailable += 1;
+            self.refused_while_unavailable += 1;
+            self.reject(
+                uuid,
+                JobRejectionReason::Busy,
+                "The validator's job pipeline is unavailable".to_owned(),
+                out,
+            );
+            return;
+        }
         self.counters.jobs_accepted += 1;
         self.jobs.insert(uuid.clone(), false);
         self.spool.put_job(JobRecord {
@@ -943,6 +979,21 @@ impl Machine {
         out.push(Action::Emit(Event::JobAccepted { uuid }));
         out.push(Action::Dispatch(job));
         self.pump(out);
+    }
+
+    /// The handler's pipeline went down or came back: only an actual change is counted and told.
+    fn on_pipeline(&mut self, available: bool, out: &mut Vec<Action>) {
+        if available == self.pipeline_available {
+            return;
+        }
+        self.pipeline_available = available;
+        if !available {
+            self.counters.pipeline_outages += 1;
+        }
+        out.push(Action::Emit(Event::PipelineChanged {
+            available,
+            refused_meanwhile: std::mem::take(&mut self.refused_while_unavailable),
+        }));
     }
 
     /// A job request that cannot even be answered: the outbox is full. Counted; the facilitator's own timeout

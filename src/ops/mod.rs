@@ -266,6 +266,7 @@ impl Tracker {
             | Input::Frame(_)
             | Input::JobAttached { .. }
             | Input::Persisted { .. }
+            | Input::PipelineAvailable(_)
             | Input::Shutdown
             | Input::ForceStop => {}
         }
@@ -305,7 +306,8 @@ impl Tracker {
             | Action::Abort
             | Action::Dispatch(_)
             | Action::Close(_)
-            | Action::Persist { .. } => {}
+            | Action::Persist { .. }
+            | Action::ForwardCheatReport(_) => {}
             Action::Ping => self.ping_sent_at = Some(now),
             Action::CancelJobs => {
                 // The machine reports each cancelled job `horde_failed`: that is its terminal status.

@@ -558,6 +558,11 @@ fn encode_client(encoder: &mut DescriptorEncoder, view: &ScrapeView) -> Result<(
             "V0JobCheated reports received",
             c.cheat_reports,
         ),
+        (
+            "pipeline_outages",
+            "Times the job handler's pipeline (the validator's Celery workers over Redis) became unavailable",
+            c.pipeline_outages,
+        ),
     ] {
         counter(encoder, name, help, value)?;
     }
@@ -581,6 +586,28 @@ fn encode_client(encoder: &mut DescriptorEncoder, view: &ScrapeView) -> Result<(
         "Jobs being run by the handler",
         None,
         m.running_jobs as i64,
+    )?;
+    gauge(
+        encoder,
+        "pipeline_available",
+        "1 while the job handler's pipeline takes jobs (always 1 for handlers without one), 0 while job requests \
+         are answered busy because it is down",
+        None,
+        i64::from(m.pipeline_available),
+    )?;
+    labelled(
+        encoder,
+        "cheat_reports_forwarded",
+        "Verified V0JobCheated reports handed to the job handler, by outcome (not_taken: the handler takes none, \
+         e.g. no --celery-cheated-task)",
+        MetricType::Counter,
+        "outcome",
+        [
+            ("forwarded", m.cheat_forwarding.forwarded),
+            ("failed", m.cheat_forwarding.failed),
+            ("not_taken", m.cheat_forwarding.not_taken),
+        ]
+        .map(|(l, v)| (l, ConstCounter::new(v))),
     )?;
     labelled(
         encoder,
@@ -606,6 +633,7 @@ fn encode_client(encoder: &mut DescriptorEncoder, view: &ScrapeView) -> Result<(
             ("invalid_signature", c.jobs_rejected_signature),
             ("draining", c.jobs_rejected_busy),
             ("full", c.jobs_rejected_full),
+            ("pipeline_unavailable", c.jobs_rejected_unavailable),
             ("invalid_request", c.jobs_rejected_invalid),
         ]
         .map(|(l, v)| (l, ConstCounter::new(v))),

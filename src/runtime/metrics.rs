@@ -33,6 +33,22 @@ pub struct Metrics {
     pub peaks: Peaks,
     /// The spool, when the client has one.
     pub spool: Option<SpoolMetrics>,
+    /// Whether the job handler's pipeline takes jobs (always true for handlers without one; see
+    /// `JobHandler::availability`).
+    pub pipeline_available: bool,
+    /// What became of verified cheat reports handed to the job handler.
+    pub cheat_forwarding: CheatForwarding,
+}
+
+/// What became of the verified cheat reports the machine handed on (`Action::ForwardCheatReport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheatForwarding {
+    /// Handed to the handler's pipeline (with `--celery-cheated-task`: queued to that task).
+    pub forwarded: u64,
+    /// The hand-off failed (Redis unreachable or refusing): logged.
+    pub failed: u64,
+    /// The handler takes no cheat reports (no `--celery-cheated-task`, or not the celery handler): logged only.
+    pub not_taken: u64,
 }
 
 /// High-water marks of the buffers that grow with what the peer sends.
@@ -63,6 +79,8 @@ impl Default for Metrics {
             last_round_trip: None,
             peaks: Peaks::default(),
             spool: None,
+            pipeline_available: true,
+            cheat_forwarding: CheatForwarding::default(),
         }
     }
 }
@@ -147,6 +165,7 @@ impl MetricsHandle {
         m.outbox_queued = machine.queued_len();
         m.in_flight = machine.in_flight_len();
         m.running_jobs = machine.running_job_count();
+        m.pipeline_available = machine.pipeline_available();
         let p = &mut m.peaks;
         p.running_jobs = p.running_jobs.max(machine.running_job_count());
         p.outbox = p.outbox.max(machine.held_len());
@@ -158,6 +177,18 @@ impl MetricsHandle {
     #[cfg(feature = "spool")]
     pub(crate) fn set_spool(&self, spool: SpoolMetrics) {
         self.lock().spool = Some(spool);
+    }
+
+    /// Counts the outcome of one cheat report's hand-off: `Some(true)` forwarded, `Some(false)` failed, `None` not
+    /// taken by the handler.
+    pub(crate) fn count_cheat_forward(&self, outcome: Option<bool>) {
+        let mut m = self.lock();
+        let c = &mut m.cheat_forwarding;
+        match outcome {
+            Some(true) => c.forwarded += 1,
+            Some(false) => c.failed += 1,
+            None => c.not_taken += 1,
+        }
     }
 
     pub(crate) fn count_in(&self, kind: &'static str) {

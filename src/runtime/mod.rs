@@ -45,7 +45,7 @@ use crate::protocol::{
 };
 use crate::ratelimit::{RateLimiter, suppressed_note};
 
-pub use metrics::{Metrics, MetricsHandle, Peaks, SpoolMetrics, SpoolSummary};
+pub use metrics::{CheatForwarding, Metrics, MetricsHandle, Peaks, SpoolMetrics, SpoolSummary};
 pub(crate) use transport::Endpoint;
 pub use transport::{CaFileError, TransportLimits, UrlError};
 
@@ -361,6 +361,12 @@ struct Loop {
     spool: SpoolSlot,
     /// One reading of both clocks: wall-clock times (for the spool's records) from the loop's one clock read.
     wall_anchor: (Instant, std::time::SystemTime),
+    /// The handler's "pipeline available" signal, while it has one and it lives.
+    availability: Option<watch::Receiver<bool>>,
+    /// What the machine was last told about the pipeline (it starts out available).
+    pipeline_told: bool,
+    /// Cheat reports being handed to the handler, off the loop.
+    cheat_forwards: JoinSet<()>,
 }
 
 /// At most this many socket events are read in one go and given to the machine as one input: it checks their job
@@ -369,6 +375,9 @@ const READ_BATCH: usize = 64;
 
 /// A flood of one kind of warning gives one log line per this interval.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a stop waits for cheat reports still being handed to the handler.
+const CHEAT_FORWARD_GRACE: Duration = Duration::from_secs(2);
 
 /// A failing spool is logged at most once per this interval.
 const SPOOL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
@@ -380,6 +389,26 @@ enum WakeUp {
     Socket(transport::Polled),
     Handler(HandlerEvent),
     Persisted(Input),
+    /// The handler's pipeline changed (`Some`), or its signal ended (`None`: the handler's driver is gone).
+    Pipeline(Option<bool>),
+}
+
+/// A change of the handler's "pipeline available" signal against what the machine was last told (`told`); `None`
+/// once the signal's sender is gone; pending forever without a signal. Cancel-safe: between the read of the value
+/// and the return there is no await, and `changed` is cancel-safe.
+async fn pipeline_change(signal: &mut Option<watch::Receiver<bool>>, told: bool) -> Option<bool> {
+    let Some(signal) = signal else {
+        return std::future::pending().await;
+    };
+    loop {
+        let available = *signal.borrow_and_update();
+        if available != told {
+            return Some(available);
+        }
+        if signal.changed().await.is_err() {
+            return None;
+        }
+    }
 }
 
 impl Loop {
@@ -432,7 +461,11 @@ impl Loop {
             spool_warnings: RateLimiter::new(SPOOL_WARNING_INTERVAL),
             spool,
             wall_anchor: (started, std::time::SystemTime::now()),
+            availability: None,
+            pipeline_told: true,
+            cheat_forwards: JoinSet::new(),
         };
+        this.availability = this.client.handler.availability();
         #[cfg(feature = "spool")]
         if let Some(recovery) = recovery {
             this.take_over(recovery);
@@ -562,6 +595,7 @@ impl Loop {
                 _ = &mut until => WakeUp::ShutdownRequest(1),
                 () = &mut sleep, if armed.is_some() => WakeUp::Tick,
                 Some(input) = next_persisted(&mut self.spool) => WakeUp::Persisted(input),
+                change = pipeline_change(&mut self.availability, self.pipeline_told) => WakeUp::Pipeline(change),
                 Some(event) = self.handler_rx.recv(), if accepts_statuses => WakeUp::Handler(event),
                 polled = std::future::poll_fn(|cx| {
                     self.socket.poll(cx, &mut self.batch, READ_BATCH, yield_first)
@@ -585,6 +619,23 @@ impl Loop {
                     }
                 }
                 WakeUp::Persisted(input) => input,
+                WakeUp::Pipeline(Some(available)) => {
+                    self.pipeline_told = available;
+                    Input::PipelineAvailable(available)
+                }
+                WakeUp::Pipeline(None) => {
+                    // The handler can no longer say whether its pipeline works, nor reach it: refuse jobs from now.
+                    error!(
+                        "the {} handler's pipeline signal ended: job requests are refused from now on",
+                        self.client.handler.name()
+                    );
+                    self.availability = None;
+                    if !self.pipeline_told {
+                        continue;
+                    }
+                    self.pipeline_told = false;
+                    Input::PipelineAvailable(false)
+                }
                 WakeUp::Handler(HandlerEvent::Status(update)) => Input::Status(update),
                 WakeUp::Handler(HandlerEvent::Attached { uuid, handler }) => {
                     Input::JobAttached { uuid, handler }
@@ -759,6 +810,7 @@ impl Loop {
                         }
                     }
                 }
+                Action::ForwardCheatReport(report) => self.forward_cheat_report(report),
                 Action::Stop(reason) => stopped = Some(reason),
             }
         }
@@ -775,6 +827,35 @@ impl Loop {
         stopped
     }
 
+    /// Hands a verified cheat report to the handler on a task of its own (never waits on the loop), and logs and
+    /// counts what became of it.
+    fn forward_cheat_report(&mut self, report: crate::protocol::JobCheated) {
+        while self.cheat_forwards.try_join_next().is_some() {}
+        let job = report.job_uuid.clone();
+        let Some(forward) = self.client.handler.cheated(report) else {
+            info!(
+                "cheat report for job {job}: the {} handler takes no cheat reports (see --celery-cheated-task); \
+                 logged only",
+                self.client.handler.name()
+            );
+            self.client.metrics.count_cheat_forward(None);
+            return;
+        };
+        let metrics = self.client.metrics.clone();
+        self.cheat_forwards.spawn(async move {
+            match forward.await {
+                Ok(where_to) => {
+                    info!("cheat report for job {job}: {where_to}");
+                    metrics.count_cheat_forward(Some(true));
+                }
+                Err(problem) => {
+                    warn!("cheat report for job {job} not handed on: {problem}");
+                    metrics.count_cheat_forward(Some(false));
+                }
+            }
+        });
+    }
+
     async fn finish(mut self, reason: StopReason) -> Outcome {
         self.socket.abort();
         for (kind, held) in self
@@ -785,6 +866,18 @@ impl Loop {
         }
         // Cancel what still runs and wait for it, so no handler process outlives the client.
         self.jobs.shutdown().await;
+        // Cheat reports on their way get a short, bounded while to arrive (each hand-off has its own timeout).
+        let forwards = async { while self.cheat_forwards.join_next().await.is_some() {} };
+        if tokio::time::timeout(CHEAT_FORWARD_GRACE, forwards)
+            .await
+            .is_err()
+        {
+            warn!(
+                "{} cheat report(s) still being handed on at the stop: abandoned",
+                self.cheat_forwards.len()
+            );
+            self.cheat_forwards.shutdown().await;
+        }
         // Statuses handlers sent that the loop never took: hand them to the machine, which keeps them as
         // undelivered, so they are reported rather than lost.
         let now = Instant::now();
@@ -898,6 +991,10 @@ fn log_event(event: &Event, warnings: &mut RateLimiter, now: Instant) {
         Event::StatusDelivered { .. } => (Level::Debug, None),
         Event::StatusRefused { .. } => (Level::Warn, None),
         Event::CheatReport { .. } => (Level::Info, None),
+        Event::PipelineChanged {
+            available: false, ..
+        } => (Level::Warn, None),
+        Event::PipelineChanged { .. } => (Level::Info, None),
         Event::JobUnanswered { .. } => (
             Level::Warn,
             Some("job requests not answered: the outbox is full"),

@@ -1374,7 +1374,7 @@ impl Stepper<'_> {
                 reason: Reason::DrainDeadlinePassed { .. },
                 ..
             }) => self.world.just |= just::DRAIN_TIMED_OUT,
-            Action::Emit(_) => {}
+            Action::Emit(_) | Action::ForwardCheatReport(_) => {}
             Action::Stop(_) => {
                 self.world.link = None;
                 let left: Vec<String> = self

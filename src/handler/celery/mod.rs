@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::protocol::{HordeFailureReason, JobCheated, JobRequest, JobStatusUpdate, pyjson};
 
-use super::{BoxFuture, JobHandler, StatusSender};
+use super::{BoxFuture, CheatFuture, JobHandler, StatusSender};
 
 pub mod config;
 mod driver;
@@ -207,7 +207,8 @@ impl CeleryHandler {
     }
 
     /// "The pipeline is available": `true` while the handler is subscribed on Redis, `false` while Redis is
-    /// unreachable (and before the first subscription). Jobs arriving while it is `false` should be answered busy.
+    /// unreachable (and before the first subscription). The client watches it ([`JobHandler::availability`]) and
+    /// answers jobs arriving while it is `false` `rejected` / `busy`, without queueing them.
     pub fn available(&self) -> watch::Receiver<bool> {
         self.shared.available.clone()
     }
@@ -356,6 +357,24 @@ impl JobHandler for CeleryHandler {
             }
             crate::spool::HandlerRecord::Exec { .. } => None,
         }
+    }
+
+    /// Subscribed on Redis: see [`CeleryHandler::available`].
+    fn availability(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.available())
+    }
+
+    /// With `--celery-cheated-task`, queues the report to it ([`CeleryHandler::send_cheated`]); without, `None`.
+    fn cheated(&self, report: JobCheated) -> Option<CheatFuture> {
+        let task = self.shared.config.cheated_task.clone()?;
+        let handler = self.clone();
+        Some(Box::pin(async move {
+            handler
+                .send_cheated(&report)
+                .await
+                .map(|task_id| format!("queued to Celery task {task} as {task_id}"))
+                .map_err(|e| e.to_string())
+        }))
     }
 }
 
