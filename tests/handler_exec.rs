@@ -649,6 +649,7 @@ fn group_leader(script: &str) -> (std::process::Child, i32, u64) {
     let child = std::process::Command::new("sh")
         .args(["-c", script])
         .process_group(0)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("sh starts");
@@ -707,10 +708,12 @@ async fn recovery_kills_a_spooled_process_group_and_spares_a_reused_pid() {
 
 #[tokio::test]
 async fn recovery_kills_what_a_dead_shell_left_in_its_group_when_it_fits_the_record() {
-    // The shell exits (as the parent-death signal makes it) and leaves a child in its group.
-    let (mut leader, pgid, start_time) = group_leader("sleep 1000 & echo $!");
+    // The shell exits (as the parent-death signal makes it) and leaves a child in its group. It waits for its stdin
+    // to close first: one that exits at once may be gone before `group_leader` reads its start time.
+    let (mut leader, pgid, start_time) = group_leader("sleep 1000 & echo $!; read _");
     let orphan = printed_pids(&mut leader, 1)[0];
     let _cleanup = Cleanup(vec![orphan]);
+    drop(leader.stdin.take());
     leader.wait().expect("the shell exits");
     assert!(is_alive(orphan), "its child lives on in the group");
 
