@@ -87,6 +87,9 @@ fn ci_bounds() -> Bounds {
         outbox_capacity: 2,
         max_in_flight: 1,
         max_running_jobs: 1,
+        durable: false,
+        crashes: 0,
+        commit_failures: 0,
     }
 }
 
@@ -100,6 +103,44 @@ fn deep_bounds() -> Bounds {
         max_in_flight: 2,
         max_running_jobs: 2,
         ..ci_bounds()
+    }
+}
+
+/// The CI run with the spool and a crash: one job, one link fault, one crash (anywhere, a stopped process's
+/// restart included), every commit succeeding. Kept small: each crash starts a second life of the machine from
+/// every state the first one reaches.
+fn ci_crash_bounds() -> Bounds {
+    Bounds {
+        jobs: 1,
+        refused_jobs: 0,
+        drops: 1,
+        late_wakeups: 0,
+        auth_rejection: false,
+        durable: true,
+        crashes: 1,
+        commit_failures: 0,
+        ..ci_bounds()
+    }
+}
+
+/// The CI run with the spool and a failing disk: one job, one failed commit (then the snapshot and its
+/// retries), no link fault, no crash.
+fn ci_disk_failure_bounds() -> Bounds {
+    Bounds {
+        drops: 0,
+        crashes: 0,
+        commit_failures: 1,
+        ..ci_crash_bounds()
+    }
+}
+
+/// The deeper run with the spool (ignored by default): a crash and a failed commit on one path, a link fault,
+/// a late wake-up.
+fn deep_durable_bounds() -> Bounds {
+    Bounds {
+        late_wakeups: 1,
+        commit_failures: 1,
+        ..ci_crash_bounds()
     }
 }
 
@@ -146,6 +187,9 @@ fn with_overrides(mut bounds: Bounds) -> Bounds {
             "outbox_capacity" => bounds.outbox_capacity = n().into(),
             "max_in_flight" => bounds.max_in_flight = n().into(),
             "max_running_jobs" => bounds.max_running_jobs = n().into(),
+            "durable" => bounds.durable = b(),
+            "crashes" => bounds.crashes = n(),
+            "commit_failures" => bounds.commit_failures = n(),
             other => panic!("unknown bound {other}"),
         }
     }
@@ -290,8 +334,26 @@ fn report(label: &str, bounds: Bounds, outcome: &Outcome) {
 
 #[test]
 fn bounded_model_check() {
+    bounded("ci", ci_bounds());
+}
+
+/// The spool on, a crash and restart anywhere: what was committed survives, what was not is lost only as the
+/// machine promises (`crash_durability`), and every other property holds across the restart.
+#[test]
+fn bounded_model_check_crash() {
+    bounded("ci-crash", ci_crash_bounds());
+}
+
+/// The spool on, a commit that fails: statuses go out unprotected only as counted, the snapshot makes the file
+/// right, and every other property holds.
+#[test]
+fn bounded_model_check_disk_failure() {
+    bounded("ci-disk-failure", ci_disk_failure_bounds());
+}
+
+fn bounded(label: &str, bounds: Bounds) {
     let first_failure = std::env::var_os("MODEL_CHECK_FIRST_FAILURE").is_some();
-    let bounds = with_overrides(ci_bounds());
+    let bounds = with_overrides(bounds);
     // Depth first is faster and needs little memory; if it finds anything, breadth first finds the shortest
     // counterexamples, which are what a scenario should be made of.
     let mut outcome = check(
@@ -306,7 +368,7 @@ fn bounded_model_check() {
     if !outcome.failures.is_empty() && !first_failure {
         outcome.failures = check(bounds, true, Search::Bfs).failures;
     }
-    report("ci", bounds, &outcome);
+    report(label, bounds, &outcome);
 }
 
 #[test]
@@ -318,6 +380,17 @@ fn deep_model_check() {
         outcome.failures = check(bounds, true, Search::Bfs).failures;
     }
     report("deep", bounds, &outcome);
+}
+
+#[test]
+#[ignore = "the deeper run with the spool: minutes"]
+fn deep_model_check_durable() {
+    let bounds = with_overrides(deep_durable_bounds());
+    let mut outcome = check(bounds, false, Search::Dfs);
+    if !outcome.failures.is_empty() {
+        outcome.failures = check(bounds, true, Search::Bfs).failures;
+    }
+    report("deep-durable", bounds, &outcome);
 }
 
 /// A path printed as a scenario replays, input for input, to the same machine: the printer feeds what the model
@@ -391,6 +464,9 @@ fn projection_merges_only_states_that_behave_alike() {
         outbox_capacity: 2,
         max_in_flight: 1,
         max_running_jobs: 1,
+        durable: false,
+        crashes: 0,
+        commit_failures: 0,
     }));
     let properties = model.properties();
     let mut kept: HashMap<model::McState, ()> = HashMap::new();
@@ -575,6 +651,15 @@ fn caught_by(patch: &str) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
+/// The bounded check a mutation patch says must catch it (its `Run:` header line; `bounded_model_check`, the
+/// run without the spool, by default).
+fn run_of(patch: &str) -> String {
+    patch
+        .lines()
+        .find_map(|l| l.strip_prefix("Run:"))
+        .map_or_else(|| "bounded_model_check".to_owned(), |s| s.trim().to_owned())
+}
+
 fn files_to_copy(root: &Path) -> Vec<PathBuf> {
     let out = Command::new("git")
         .args(["ls-files", "-co", "--exclude-standard", "-z"])
@@ -618,6 +703,7 @@ fn mutations_are_caught() {
     for patch in &patches {
         let text = std::fs::read_to_string(patch).expect("readable patch");
         let expected = caught_by(&text).expect("a Caught-by: line in the patch");
+        let test = run_of(&text);
         let copy = tempfile::tempdir().expect("a temp dir");
         for file in &files {
             let to = copy.path().join(file);
@@ -650,7 +736,7 @@ fn mutations_are_caught() {
                 "model_check",
                 "--",
                 "--exact",
-                "bounded_model_check",
+                &test,
             ])
             .current_dir(copy.path())
             .env("CARGO_TARGET_DIR", &target)
@@ -683,7 +769,7 @@ fn mutations_are_caught() {
             missed.push(format!("{name}: expected \"{expected}\", got {failures:?}"));
         }
         table.push(format!(
-            "| {name} | {} | {} states, {:.1} s check ({:.0} s with the build) | {detail} |",
+            "| {name} | {test}: {} | {} states, {:.1} s check ({:.0} s with the build) | {detail} |",
             failures.join("; "),
             report["unique_states"],
             report["seconds"].as_f64().unwrap_or(0.0),
