@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use facilitator_client::machine::{Action, BackoffConfig, Config, Event, Incoming, Input, Machine, Recovery};
+use facilitator_client::machine::{
+    Action, BackoffConfig, Config, Event, Incoming, Input, Machine, Recovery,
+};
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::testing::signed_job_text;
 use facilitator_client::protocol::{
