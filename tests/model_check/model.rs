@@ -19,8 +19,8 @@ use facilitator_client::machine::{
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::testing::signed_job_text;
 use facilitator_client::protocol::{
-    ClientMessage, HordeFailureReason, JobRejectionReason, JobStatus, JobStatusUpdate, Response,
-    ServerMessage, TrustedSigners, decode_server_frame, error_type,
+    AuthenticationRequest, ClientMessage, HordeFailureReason, JobRejectionReason, JobStatus,
+    JobStatusUpdate, Response, ServerMessage, TrustedSigners, decode_server_frame, error_type,
 };
 use facilitator_client::spool::{HandlerRecord, JobRecord, Recovered, SpoolBatch, SpooledStatus};
 use serde_json::{Value, json};
@@ -799,7 +799,9 @@ pub struct Fed {
 /// The keys and the job requests, built once: the machine checks each job request's signature itself, so the
 /// model keeps the set tiny (one per job and kind) and shares each request (`Arc`) between all states.
 struct Fixtures {
-    own: Hotkey,
+    /// The auth request every machine of the model sends (one: a crash's new machine sends the same bytes, as
+    /// the projection leaves the auth request out).
+    auth: AuthenticationRequest,
     signers: TrustedSigners,
     /// Per job index, per kind (in `JobKind` order), the input the request decodes to.
     job_inputs: Vec<[Input; 3]>,
@@ -831,7 +833,7 @@ impl Fixtures {
             })
             .collect();
         Fixtures {
-            own,
+            auth: own.auth_request(),
             signers,
             job_inputs,
         }
@@ -1279,7 +1281,7 @@ impl Stepper<'_> {
         };
         let mut machine = Machine::new(
             self.model.config.clone(),
-            self.model.fixtures.own.auth_request(),
+            self.model.fixtures.auth.clone(),
             self.model.fixtures.signers.clone(),
             now,
         );
@@ -2329,7 +2331,7 @@ impl Model for McModel {
         vec![McState {
             machine: Machine::new(
                 self.config.clone(),
-                self.fixtures.own.auth_request(),
+                self.fixtures.auth.clone(),
                 self.fixtures.signers.clone(),
                 self.origin,
             ),
