@@ -670,6 +670,8 @@ pub mod just {
     pub const LOST_UNCOMMITTED_JOB_FAILED: u16 = 1 << 7;
     /// A status left before it was on disk (the spool was stale after a failed commit).
     pub const SENT_UNPROTECTED: u16 = 1 << 8;
+    /// The recovery's `horde_failed` duplicated one the dead process sent unprotected (deep durable run).
+    pub const RECOVERY_DUPLICATE: u16 = 1 << 9;
 }
 
 /// The world around the machine.
@@ -1417,9 +1419,15 @@ impl Stepper<'_> {
                     || world.facilitator.refused[index].contains(s)
             };
             let name = job_name(j);
+            // One exception, the machine's documented trade of durability for availability: a job one of whose
+            // statuses went out unprotected after a failed commit may, after a crash, get the recovery's
+            // `horde_failed` behind a terminal status the facilitator stored from the process that died.
+            let crashed = world.budget.crashes < self.model.bounds.crashes;
+            let exempt = job.exposed && crashed && status == JobStatus::HordeFailed;
             let problem = if let Some(terminal) = world.facilitator.stored[index]
                 .iter()
                 .find(|s| s.is_terminal())
+                .filter(|_| !exempt)
             {
                 Some(format!(
                     "{status} of {name} reached the facilitator after its terminal status {terminal}"
@@ -1539,7 +1547,20 @@ impl Stepper<'_> {
             if took.is_some() && self.world.jobs[usize::from(j)].recovered.contains(&status) {
                 self.world.just |= just::CRASH_RECOVERED;
             }
-            if took != Some((job_uuid(j), status, answer != Answer::NotFound)) {
+            // The exception of the durability trade (see `facilitator_reads_status`): after a failed commit and
+            // a crash, the recovery's `horde_failed` may duplicate one the dead process sent unprotected; it is
+            // the new process's first send, so `job.integrity_error` is taken as a refusal (it is stored all the
+            // same: nothing is lost).
+            let job = &self.world.jobs[usize::from(j)];
+            let crashed = self.world.budget.crashes < self.model.bounds.crashes;
+            let duplicate_of_unprotected = job.exposed
+                && crashed
+                && status == JobStatus::HordeFailed
+                && answer == Answer::IntegrityError
+                && took == Some((job_uuid(j), status, false));
+            if duplicate_of_unprotected {
+                self.world.just |= just::RECOVERY_DUPLICATE;
+            } else if took != Some((job_uuid(j), status, answer != Answer::NotFound)) {
                 self.violate(
                     Prop::NoStatusLost,
                     format!(
