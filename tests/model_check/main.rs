@@ -2,7 +2,8 @@
 //!
 //! [stateright](https://docs.rs/stateright) explores every state reachable by the real
 //! `Machine::step` inside a small world ([`model`]): the facilitator's side of the wire (frames in flight each way,
-//! what it stored, jobs still to push), job handlers still running, signals still to come, and logical time. No
+//! what it stored, jobs still to push), job handlers still running, signals still to come, logical time, and with
+//! the spool on, the spool file, the writer's commits (succeeding or failing) and a crash and restart. No
 //! second model of the machine: the world only feeds inputs and judges the actions. The properties are listed
 //! in `docs/MODEL_CHECK.md`, with the bounds, the state counts and which property catches which mutation.
 //!
@@ -55,9 +56,10 @@
 //!
 //! # Running
 //!
-//! `cargo test --test model_check` runs the bounded check (the CI run), depth first; when a property breaks, a
+//! `cargo test --test model_check` runs the bounded checks (the CI runs: without the spool; with it and a crash;
+//! with it and a failed commit), depth first; when a property breaks, a
 //! breadth-first run finds the shortest counterexample and prints it as a trace and a scenario. `-- --ignored
-//! deep` runs the deeper one; `-- --ignored mutations` applies each patch of `tests/model_check/mutations/` to a
+//! deep` runs the deeper ones; `-- --ignored mutations` applies each patch of `tests/model_check/mutations/` to a
 //! copy of the tree and checks that the bounded run fails with the property the patch names.
 //! `MODEL_CHECK_THREADS` sets the checker's threads (default 2); `MODEL_CHECK_BOUNDS=jobs=1,ticks=true,...`
 //! overrides bounds for exploring (never for the runs the tests make).

@@ -1,7 +1,8 @@
 //! The model: the real [`Machine`] plus a small, finite, hashable world around it, and the properties checked on
 //! every state the two can reach together.
 //!
-//! Owns the world (the facilitator's side of the wire, the job handlers, the signals, logical time), the model's
+//! Owns the world (the facilitator's side of the wire, the job handlers, the signals, logical time, and with the
+//! spool on the spool file, the writer's queue and crashes), the model's
 //! nondeterministic choices ([`Act`]), the projection that decides when two states are the same ([`McState`]'s
 //! `Hash`/`Eq`), and the properties. Must never re-implement a decision of the machine: every input goes through
 //! `Machine::step`, and the world only records what the machine did and judges it against what it must do.
