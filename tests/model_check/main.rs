@@ -137,10 +137,9 @@ fn ci_disk_failure_bounds() -> Bounds {
 }
 
 /// The deeper run with the spool (ignored by default): a crash and a failed commit on one path (a crash with the
-/// spool stale, statuses sent unprotected, a snapshot under way), which the CI runs split.
+/// spool stale, statuses sent unprotected, a snapshot under way), which the CI runs split, and a link fault.
 fn deep_durable_bounds() -> Bounds {
     Bounds {
-        drops: 0,
         commit_failures: 1,
         ..ci_crash_bounds()
     }
