@@ -310,6 +310,51 @@ impl Durability {
     }
 }
 
+/// Test support: the spool bookkeeping as the model checker projects it (`tests/model_check/`): two machines
+/// whose bookkeeping differs here may persist, release or snapshot differently from then on.
+#[cfg(feature = "test-support")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolView {
+    /// The id the next status put gets.
+    pub next_status_id: u64,
+    /// The id the next `Persist` gets.
+    pub next_batch_id: u64,
+    /// Every batch up to this id has been reported.
+    pub released_up_to: u64,
+    /// Changes gathered and not yet emitted (non-empty between steps only while a snapshot is being committed).
+    pub batch: SpoolBatch,
+    /// The job records kept, in uuid order.
+    pub jobs: Vec<JobRecord>,
+    /// While stale: the snapshot being committed, when the next one is due, the wait after the next failure.
+    /// (When it became stale is left out: it only reports how long it was.)
+    pub stale: Option<(Option<u64>, Instant, Duration)>,
+    /// The machine is stopping (its last batch).
+    pub stopping: bool,
+}
+
+#[cfg(feature = "test-support")]
+impl Durability {
+    pub(crate) fn view(&self) -> SpoolView {
+        SpoolView {
+            next_status_id: self.next_status_id,
+            next_batch_id: self.next_batch_id,
+            released_up_to: self.released_up_to,
+            batch: self.batch.clone(),
+            jobs: self.jobs.values().cloned().collect(),
+            stale: match self.health {
+                Health::UpToDate => None,
+                Health::Stale {
+                    snapshot,
+                    retry_at,
+                    retry_delay,
+                    ..
+                } => Some((snapshot, retry_at, retry_delay)),
+            },
+            stopping: self.stopping,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

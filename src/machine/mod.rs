@@ -33,6 +33,8 @@ pub use backoff::BackoffConfig;
 pub use config::{Config, ConfigError, MAX_DURATION};
 pub use counters::Counters;
 use durability::Durability;
+#[cfg(feature = "test-support")]
+pub use durability::SpoolView;
 pub use durability::{SPOOL_RETRY_BASE, SPOOL_RETRY_CAP};
 pub use event::{ConnectFailure, Event, Ignored, LinkLoss, Reason, StopCause};
 pub use input::{Action, ActionKind, Incoming, Input, InputKind};
@@ -315,6 +317,20 @@ impl Machine {
     #[cfg(feature = "test-support")]
     pub fn undelivered_details(&self) -> impl Iterator<Item = (u32, bool)> + '_ {
         self.outbox.iter().map(|p| (p.sends, p.of_accepted_job))
+    }
+
+    /// Test support: for each held status update, in the order of [`Machine::undelivered`], its spool id and the
+    /// batch that must be durable before it may be sent. For the model checker's projection of a durable machine.
+    #[cfg(feature = "test-support")]
+    pub fn undelivered_spool(&self) -> impl Iterator<Item = (Option<u64>, Option<u64>)> + '_ {
+        self.outbox.iter().map(|p| (p.spool_id, p.held_by))
+    }
+
+    /// Test support: the spool bookkeeping (see [`SpoolView`]). For the model checker's projection of a durable
+    /// machine.
+    #[cfg(feature = "test-support")]
+    pub fn spool_view(&self) -> SpoolView {
+        self.spool.view()
     }
 
     /// Test support: the running jobs, each with whether its terminal status was reported. For the model

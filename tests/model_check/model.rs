@@ -1,11 +1,13 @@
 //! The model: the real [`Machine`] plus a small, finite, hashable world around it, and the properties checked on
 //! every state the two can reach together.
 //!
-//! Owns the world (the facilitator's side of the wire, the job handlers, the signals, logical time), the model's
+//! Owns the world (the facilitator's side of the wire, the job handlers, the signals, logical time, and with the
+//! spool on the spool file, the writer's queue and crashes), the model's
 //! nondeterministic choices ([`Act`]), the projection that decides when two states are the same ([`McState`]'s
 //! `Hash`/`Eq`), and the properties. Must never re-implement a decision of the machine: every input goes through
 //! `Machine::step`, and the world only records what the machine did and judges it against what it must do.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,14 +15,15 @@ use std::time::{Duration, Instant};
 
 use facilitator_client::machine::{
     Action, BackoffConfig, Config, ConnectPhase, DrainPhase, Event, Incoming, Input, Machine,
-    Reason, State, StopReason,
+    Reason, Recovery, State, StopReason,
 };
 use facilitator_client::protocol::keys::Hotkey;
 use facilitator_client::protocol::testing::signed_job_text;
 use facilitator_client::protocol::{
-    ClientMessage, HordeFailureReason, JobRejectionReason, JobStatus, JobStatusUpdate, Response,
-    ServerMessage, TrustedSigners, decode_server_frame, error_type,
+    AuthenticationRequest, ClientMessage, HordeFailureReason, JobRejectionReason, JobStatus,
+    JobStatusUpdate, Response, ServerMessage, TrustedSigners, decode_server_frame, error_type,
 };
+use facilitator_client::spool::{HandlerRecord, JobRecord, Recovered, SpoolBatch, SpooledStatus};
 use serde_json::{Value, json};
 use stateright::{Model, Property};
 
@@ -65,6 +68,13 @@ pub struct Bounds {
     pub max_in_flight: usize,
     /// See `outbox_capacity`.
     pub max_running_jobs: usize,
+    /// The spool on (`Config::durable`): the world keeps what is on disk, commits or fails the machine's
+    /// `Persist` batches, and may crash the process.
+    pub durable: bool,
+    /// Crashes (the process dies; a new one recovers what is on disk). Only with `durable`.
+    pub crashes: u8,
+    /// Commits that fail (a full or failing disk). Only with `durable`.
+    pub commit_failures: u8,
 }
 
 /// The machine's timeouts in the model, in milliseconds, under the names of the scenario format's `config`.
@@ -108,7 +118,7 @@ impl Bounds {
             jitter_seed: 1,
             outbox_capacity: self.outbox_capacity,
             max_in_flight: self.max_in_flight,
-            durable: false,
+            durable: self.durable,
             max_running_jobs: self.max_running_jobs,
         };
         assert_eq!(config.validate(), Ok(()), "the model's configuration");
@@ -124,6 +134,9 @@ impl Bounds {
         object.insert("outbox_capacity".into(), json!(self.outbox_capacity));
         object.insert("max_in_flight".into(), json!(self.max_in_flight));
         object.insert("max_running_jobs".into(), json!(self.max_running_jobs));
+        if self.durable {
+            object.insert("durable".into(), json!(true));
+        }
         Value::Object(object)
     }
 }
@@ -176,6 +189,11 @@ impl<T: Copy + Fill, const N: usize> Small<T, N> {
         self.items.copy_within(1..usize::from(self.len), 0);
         self.len -= 1;
         Some(first)
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The oldest item.
@@ -312,6 +330,12 @@ pub enum Act {
     Shutdown,
     /// The second signal.
     ForceStop,
+    /// The spool's writer commits every batch queued, as one commit (`true`), or the commit fails (`false`,
+    /// bounded); the machine gets `Persisted`.
+    Commit(bool),
+    /// The process dies (bounded): memory, socket, handlers and the writer's queue are gone, what is on disk and
+    /// at the facilitator stays; a new machine of the same configuration recovers what is on disk.
+    Crash,
 }
 
 /// A frame from the client, in flight to the facilitator (heartbeats are not kept: the facilitator ignores
@@ -424,6 +448,19 @@ pub struct JobWorld {
     /// The job ended for the client (its terminal status fed, or it was cancelled): any later status is late
     /// and must be dropped.
     pub ended: bool,
+    /// With the spool: its statuses that were ever on disk. Each must stay there until the facilitator answers
+    /// it, and is never lost in a crash.
+    pub ever_durable: Statuses,
+    /// With the spool: one of its statuses left the client before it was on disk (released by a failed commit,
+    /// or produced while the spool was stale, which the machine counts as unprotected): a crash may then leave it
+    /// without a terminal status at the facilitator, or with a second one.
+    pub exposed: bool,
+    /// With the spool: its statuses a crash found on disk (the new process must deliver them).
+    pub recovered: Statuses,
+    /// With the spool: its statuses this process sent before they were on disk. The machine releases a status
+    /// unprotected only when a commit failed or while the spool is stale, and counts each
+    /// (`statuses_unspooled`): this process's unprotected sends may never outnumber that count.
+    pub unprotected: Statuses,
 }
 
 /// The facilitator's durable side: what it stored. Survives anything that happens to the client.
@@ -435,11 +472,58 @@ pub struct Facilitator {
     pub refused: [Statuses; MAX_JOBS],
 }
 
-/// The client's durable side: the spool. Empty until the spool is wired into the machine; then a crash keeps
-/// this and [`Facilitator`] and loses everything else of the world and the machine, and a restart builds a new
-/// machine from it (one more [`Act`]: `Crash`, then the recovery the spool's `Persisted` inputs describe).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Durable;
+/// The client's durable side: the spool file, and the writer's queue. A crash keeps the file and
+/// [`Facilitator`], and loses everything else of the world and the machine (the queue too); a new machine
+/// recovers the file. Shared (`Arc`) between states until a commit or a `Persist` changes it: most steps do not.
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    /// What is on disk.
+    pub disk: Arc<Disk>,
+    /// `Persist` batches of this process not yet committed or failed, in order.
+    pub queue: Arc<Vec<(u64, SpoolBatch)>>,
+    /// The writer saw a commit fail: like the real writer it writes no delta until a full snapshot commits.
+    pub stale: bool,
+    /// The id of this process's last `Persist` (ids go up by one from 1).
+    pub last_id: u64,
+}
+
+/// The spool file's content: what a new process recovers.
+#[derive(Debug, Clone, Default)]
+pub struct Disk {
+    /// Unanswered statuses, by id.
+    pub statuses: BTreeMap<u64, JobStatusUpdate>,
+    /// Job records, by uuid.
+    pub jobs: BTreeMap<String, JobRecord>,
+}
+
+impl Disk {
+    /// Applies one batch, as `SpoolBatch` documents it: a snapshot empties the file, then puts, then removes.
+    fn apply(&mut self, batch: &SpoolBatch) {
+        if batch.full_snapshot {
+            self.statuses.clear();
+            self.jobs.clear();
+        }
+        for put in &batch.put_statuses {
+            self.statuses.insert(put.id, put.update.clone());
+        }
+        for job in &batch.put_jobs {
+            self.jobs.insert(job.uuid.clone(), job.clone());
+        }
+        for id in &batch.remove_statuses {
+            self.statuses.remove(id);
+        }
+        for uuid in &batch.remove_jobs {
+            self.jobs.remove(uuid);
+        }
+    }
+
+    /// Whether the file holds this status of job `j`.
+    fn holds(&self, j: u8, status: JobStatus) -> bool {
+        self.statuses
+            .values()
+            .any(|u| job_of(&u.uuid) == j && u.status == status)
+    }
+}
 
 /// The nondeterministic resources left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -454,6 +538,10 @@ pub struct Budget {
     pub extra_statuses: u8,
     /// See [`Bounds::refused_jobs`].
     pub refused_jobs: u8,
+    /// See [`Bounds::crashes`].
+    pub crashes: u8,
+    /// See [`Bounds::commit_failures`].
+    pub commit_failures: u8,
 }
 
 /// The named properties. Each `always` property fails on a state that breaks it, or on the state after a step
@@ -472,6 +560,7 @@ pub enum Prop {
     NoIdleWakeup,
     HeartbeatPaced,
     DispatchDiscipline,
+    CrashDurability,
 }
 
 impl Prop {
@@ -491,6 +580,7 @@ impl Prop {
             Prop::NoIdleWakeup => "no_idle_wakeup",
             Prop::HeartbeatPaced => "heartbeat_paced",
             Prop::DispatchDiscipline => "dispatch_discipline",
+            Prop::CrashDurability => "crash_durability",
         }
     }
 
@@ -525,11 +615,17 @@ impl Prop {
             Prop::DispatchDiscipline => {
                 "only trusted jobs dispatched, once, never after Shutdown (added: catches mutation 6)"
             }
+            Prop::CrashDurability => {
+                "with the spool: a committed status stays on disk until answered and survives a crash into the \
+                 new outbox, in id order; a crash loses only uncommitted statuses, and their job then gets \
+                 horde_failed (or never reached the facilitator); nothing leaves before its commit unless the \
+                 spool is stale"
+            }
         }
     }
 
     /// Every property, in report order.
-    pub const ALL: [Prop; 12] = [
+    pub const ALL: [Prop; 13] = [
         Prop::ShutdownBound,
         Prop::ForceStopOneStep,
         Prop::NoStatusLost,
@@ -542,6 +638,7 @@ impl Prop {
         Prop::NoIdleWakeup,
         Prop::HeartbeatPaced,
         Prop::DispatchDiscipline,
+        Prop::CrashDurability,
     ];
 }
 
@@ -568,6 +665,14 @@ pub mod just {
     pub const STATUS_REFUSED: u16 = 1 << 4;
     /// A productive connection was lost after failed attempts had grown the backoff.
     pub const BACKOFF_RESET: u16 = 1 << 5;
+    /// A status a crash found on disk was answered to the new process.
+    pub const CRASH_RECOVERED: u16 = 1 << 6;
+    /// A crash lost a status that was not yet committed, and its job got `horde_failed` from the recovery.
+    pub const LOST_UNCOMMITTED_JOB_FAILED: u16 = 1 << 7;
+    /// A status left before it was on disk (the spool was stale after a failed commit).
+    pub const SENT_UNPROTECTED: u16 = 1 << 8;
+    /// The recovery's `horde_failed` duplicated one the dead process sent unprotected (deep durable run).
+    pub const RECOVERY_DUPLICATE: u16 = 1 << 9;
 }
 
 /// The world around the machine.
@@ -625,6 +730,16 @@ pub enum Feed {
     Pong,
     Shutdown,
     ForceStop,
+    /// The writer's commit of every batch up to `up_to`: `ok` whether the disk took it (the scenario's
+    /// `{"Commit": "ok"}`), `written` whether it was written (not when the writer is stale and the batches hold
+    /// no snapshot).
+    Commit {
+        up_to: u64,
+        ok: bool,
+        written: bool,
+    },
+    /// The process dies and a new one recovers the spool (the scenario's `"Crash"`; not an input).
+    Crash,
 }
 
 /// The UUID the scenario files write as `job-N`.
@@ -658,9 +773,15 @@ impl Feed {
             Feed::Pong => json!("Pong"),
             Feed::Shutdown => json!("Shutdown"),
             Feed::ForceStop => json!("ForceStop"),
+            Feed::Commit { ok: true, .. } => json!({"Commit": "ok"}),
+            Feed::Commit { ok: false, .. } => json!({ "Commit": DISK_FAILED }),
+            Feed::Crash => json!("Crash"),
         }
     }
 }
+
+/// The error of a failed commit.
+const DISK_FAILED: &str = "model: the disk failed";
 
 /// One input as fed: when (milliseconds from the start), what, and what the machine did (for the trace).
 #[derive(Debug, Clone)]
@@ -681,7 +802,9 @@ pub struct Fed {
 /// The keys and the job requests, built once: the machine checks each job request's signature itself, so the
 /// model keeps the set tiny (one per job and kind) and shares each request (`Arc`) between all states.
 struct Fixtures {
-    own: Hotkey,
+    /// The auth request every machine of the model sends (one: a crash's new machine sends the same bytes, as
+    /// the projection leaves the auth request out).
+    auth: AuthenticationRequest,
     signers: TrustedSigners,
     /// Per job index, per kind (in `JobKind` order), the input the request decodes to.
     job_inputs: Vec<[Input; 3]>,
@@ -713,7 +836,7 @@ impl Fixtures {
             })
             .collect();
         Fixtures {
-            own,
+            auth: own.auth_request(),
             signers,
             job_inputs,
         }
@@ -791,6 +914,15 @@ impl McModel {
             Feed::Pong => Input::Pong,
             Feed::Shutdown => Input::Shutdown,
             Feed::ForceStop => Input::ForceStop,
+            Feed::Commit { up_to, ok, written } => Input::Persisted {
+                up_to: *up_to,
+                result: match (ok, written) {
+                    (_, true) => Ok(()),
+                    (true, false) => Err("not written: the spool is stale".to_owned()),
+                    (false, _) => Err(DISK_FAILED.to_owned()),
+                },
+            },
+            Feed::Crash => unreachable!("a crash is no input"),
         }
     }
 
@@ -1039,7 +1171,216 @@ impl Stepper<'_> {
                     );
                 }
             }
+            Act::Commit(ok) => self.commit(ok)?,
+            Act::Crash => self.crash()?,
         }
+        Some(())
+    }
+
+    /// The writer commits every batch queued as one commit (as the real writer merges what queued behind a slow
+    /// fsync), or fails; the machine hears of it.
+    fn commit(&mut self, ok: bool) -> Option<()> {
+        let durable = &mut self.world.durable;
+        let &(up_to, _) = durable.queue.last()?;
+        if !ok {
+            if self.world.budget.commit_failures == 0 {
+                return None;
+            }
+            self.world.budget.commit_failures -= 1;
+        }
+        let queue = std::mem::take(&mut durable.queue);
+        let written = if !ok {
+            durable.stale = true;
+            false
+        } else if durable.stale && !queue.iter().any(|(_, b)| b.full_snapshot) {
+            // Like the real writer: after a failure, no delta until a snapshot makes the file right.
+            false
+        } else {
+            durable.stale = false;
+            let disk = Arc::make_mut(&mut durable.disk);
+            for (_, batch) in queue.iter() {
+                disk.apply(batch);
+            }
+            true
+        };
+        if written {
+            self.check_disk();
+        }
+        self.feed(Feed::Commit { up_to, ok, written });
+        Some(())
+    }
+
+    /// After a write: every status that was ever on disk is still there or answered by the facilitator; what is
+    /// there now has been on disk.
+    fn check_disk(&mut self) {
+        let disk = Arc::clone(&self.world.durable.disk);
+        for update in disk.statuses.values() {
+            let j = job_of(&update.uuid);
+            if let Some(job) = self.world.jobs.get_mut(usize::from(j))
+                && !job.ever_durable.contains(&update.status)
+            {
+                job.ever_durable.push(update.status);
+            }
+        }
+        for j in 0..self.model.bounds.jobs {
+            let index = usize::from(j);
+            let ever_durable = self.world.jobs[index].ever_durable;
+            for &status in &ever_durable {
+                if !disk.holds(j, status) && !self.answered(j, status) {
+                    self.violate(
+                        Prop::CrashDurability,
+                        format!(
+                            "{status} of {} was on disk and is gone without an answer",
+                            job_name(j)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the facilitator stored or refused this status.
+    fn answered(&self, j: u8, status: JobStatus) -> bool {
+        let index = usize::from(j);
+        self.world.facilitator.stored[index].contains(&status)
+            || self.world.facilitator.refused[index].contains(&status)
+    }
+
+    /// The process dies; a new machine with the same configuration recovers what is on disk.
+    fn crash(&mut self) -> Option<()> {
+        if !self.model.bounds.durable || self.world.budget.crashes == 0 {
+            return None;
+        }
+        self.world.budget.crashes -= 1;
+        let now = self.world.now;
+        // The facilitator sees the socket drop (what was in flight either way is gone); the handlers die with the
+        // client (an `exec:` shell gets the parent-death signal); the writer's queue dies with the process; the new
+        // process opens the file as it is.
+        self.world.link = None;
+        let durable = &mut self.world.durable;
+        durable.queue = Arc::default();
+        durable.stale = false;
+        durable.last_id = 0;
+        let disk = Arc::clone(&durable.disk);
+        // What the crash loses: statuses the client had to account for that are neither answered nor on disk.
+        let mut lost: Vec<(u8, JobStatus)> = Vec::new();
+        for j in 0..self.model.bounds.jobs {
+            for &status in &self.world.jobs[usize::from(j)].expected {
+                if !self.answered(j, status) && !disk.holds(j, status) {
+                    lost.push((j, status));
+                }
+            }
+        }
+        let recovered = Recovered {
+            statuses: disk
+                .statuses
+                .iter()
+                .map(|(id, update)| SpooledStatus {
+                    id: *id,
+                    update: update.clone(),
+                })
+                .collect(),
+            jobs: disk.jobs.values().cloned().collect(),
+        };
+        let mut machine = Machine::new(
+            self.model.config.clone(),
+            self.model.fixtures.auth.clone(),
+            self.model.fixtures.signers.clone(),
+            now,
+        );
+        let recovery = machine.recover(recovered);
+        let interrupted: Vec<u8> = recovery.interrupted.iter().map(|u| job_of(u)).collect();
+        if let Some(log) = self.log.as_mut() {
+            log.push(Fed {
+                at_ms: self.model.ms(now),
+                feed: Feed::Crash,
+                state: machine.state().kind().as_str(),
+                actions: vec![render_recovery(&recovery)],
+                decisions: vec![render_recovery(&recovery)],
+            });
+        }
+        // The new outbox: every status on disk, in id order, then the `horde_failed` of each interrupted job.
+        let want: Vec<(u8, JobStatus)> = disk
+            .statuses
+            .values()
+            .map(|u| (job_of(&u.uuid), u.status))
+            .chain(interrupted.iter().map(|j| (*j, JobStatus::HordeFailed)))
+            .collect();
+        let got: Vec<(u8, JobStatus)> = machine
+            .undelivered()
+            .map(|u| (job_of(&u.uuid), u.status))
+            .collect();
+        if got != want {
+            self.violate(
+                Prop::CrashDurability,
+                format!(
+                    "after the crash the new outbox holds {}, but the disk holds (in id order, then the \
+                     interrupted jobs' horde_failed) {}",
+                    names(&got),
+                    names(&want)
+                ),
+            );
+        }
+        for &(j, status) in &lost {
+            let job = &self.world.jobs[usize::from(j)];
+            let index = usize::from(j);
+            let problem = if job.ever_durable.contains(&status) {
+                Some("it was on disk".to_owned())
+            } else if interrupted.contains(&j) || job.exposed {
+                None
+            } else if !self.world.facilitator.stored[index].is_empty()
+                || !self.world.facilitator.refused[index].is_empty()
+                || disk.statuses.values().any(|u| job_of(&u.uuid) == j)
+            {
+                Some(
+                    "its job reached the facilitator or the disk, and the recovery reports no horde_failed for it"
+                        .to_owned(),
+                )
+            } else {
+                // The job never left the client and was never committed: it vanishes whole.
+                None
+            };
+            if let Some(problem) = problem {
+                self.violate(
+                    Prop::CrashDurability,
+                    format!("the crash lost {status} of {}: {problem}", job_name(j)),
+                );
+            }
+        }
+        if lost.iter().any(|(j, _)| interrupted.contains(j)) {
+            self.world.just |= just::LOST_UNCOMMITTED_JOB_FAILED;
+        }
+        // The world of the new process: what it must account for is what survived, then the recoveries' reports.
+        for j in 0..self.model.bounds.jobs {
+            let index = usize::from(j);
+            let job = &mut self.world.jobs[index];
+            let mut kept = Statuses::new();
+            for &status in &job.expected {
+                if !lost.contains(&(j, status)) {
+                    kept.push(status);
+                }
+            }
+            job.expected = kept;
+            if matches!(
+                job.handler,
+                Handler::Running { .. } | Handler::Cancelled { .. }
+            ) {
+                job.handler = Handler::Done;
+                job.ended = true;
+            }
+            if interrupted.contains(&j) && !job.expected.contains(&JobStatus::HordeFailed) {
+                job.expected.push(JobStatus::HordeFailed);
+                job.ended = true;
+            }
+            job.recovered = Statuses::new();
+            job.unprotected = Statuses::new();
+            for update in disk.statuses.values().filter(|u| job_of(&u.uuid) == j) {
+                job.recovered.push(update.status);
+            }
+        }
+        self.world.signals = 0;
+        self.world.shutdown_at = None;
+        self.machine = Some(machine);
         Some(())
     }
 
@@ -1079,9 +1420,15 @@ impl Stepper<'_> {
                     || world.facilitator.refused[index].contains(s)
             };
             let name = job_name(j);
+            // One exception, the machine's documented trade of durability for availability: a job one of whose
+            // statuses went out unprotected after a failed commit may, after a crash, get the recovery's
+            // `horde_failed` behind a terminal status the facilitator stored from the process that died.
+            let crashed = world.budget.crashes < self.model.bounds.crashes;
+            let exempt = job.exposed && crashed && status == JobStatus::HordeFailed;
             let problem = if let Some(terminal) = world.facilitator.stored[index]
                 .iter()
                 .find(|s| s.is_terminal())
+                .filter(|_| !exempt)
             {
                 Some(format!(
                     "{status} of {name} reached the facilitator after its terminal status {terminal}"
@@ -1198,7 +1545,23 @@ impl Stepper<'_> {
                 continue;
             };
             let took = answered.next();
-            if took != Some((job_uuid(j), status, answer != Answer::NotFound)) {
+            if took.is_some() && self.world.jobs[usize::from(j)].recovered.contains(&status) {
+                self.world.just |= just::CRASH_RECOVERED;
+            }
+            // The exception of the durability trade (see `facilitator_reads_status`): after a failed commit and
+            // a crash, the recovery's `horde_failed` may duplicate one the dead process sent unprotected; it is
+            // the new process's first send, so `job.integrity_error` is taken as a refusal (it is stored all the
+            // same: nothing is lost).
+            let job = &self.world.jobs[usize::from(j)];
+            let crashed = self.world.budget.crashes < self.model.bounds.crashes;
+            let duplicate_of_unprotected = job.exposed
+                && crashed
+                && status == JobStatus::HordeFailed
+                && answer == Answer::IntegrityError
+                && took == Some((job_uuid(j), status, false));
+            if duplicate_of_unprotected {
+                self.world.just |= just::RECOVERY_DUPLICATE;
+            } else if took != Some((job_uuid(j), status, answer != Answer::NotFound)) {
                 self.violate(
                     Prop::NoStatusLost,
                     format!(
@@ -1329,8 +1692,21 @@ impl Stepper<'_> {
                 ),
             },
             Action::Abort => self.world.link = None,
-            // This world runs without the spool (`durable: false`): the machine never asks for a commit.
-            Action::Persist { .. } => self.violate(Prop::NoStatusLost, "Persist without a spool"),
+            Action::Persist { id, batch } => {
+                let durable = &mut self.world.durable;
+                if !self.model.bounds.durable {
+                    self.violate(Prop::CrashDurability, "Persist without the spool");
+                } else if *id != durable.last_id + 1 || batch.is_empty() {
+                    let last = durable.last_id;
+                    self.violate(
+                        Prop::CrashDurability,
+                        format!("Persist {id} after Persist {last} (ids go up by one), or of an empty batch"),
+                    );
+                } else {
+                    durable.last_id = *id;
+                    Arc::make_mut(&mut durable.queue).push((*id, batch.clone()));
+                }
+            }
             Action::Dispatch(job) => {
                 let Some(j) = self.job_index(job.uuid()) else {
                     return self.violate(Prop::DispatchDiscipline, "dispatched an unknown job");
@@ -1447,6 +1823,35 @@ impl Stepper<'_> {
                         if let Some(link) = self.link() {
                             link.up.push(Up::Status(j, status));
                         }
+                        // With the spool, a status of an accepted job leaves only once it is on disk, unless the
+                        // machine released it unprotected (a failed commit, a stale spool) and counted it.
+                        let job = &mut self.world.jobs[usize::from(j)];
+                        if self.model.bounds.durable
+                            && status != JobStatus::Rejected
+                            && !self.world.durable.disk.holds(j, status)
+                            && !job.unprotected.contains(&status)
+                        {
+                            job.unprotected.push(status);
+                            job.exposed = true;
+                            self.world.just |= just::SENT_UNPROTECTED;
+                            let sent: usize = self
+                                .world
+                                .jobs
+                                .iter()
+                                .map(|j| j.unprotected.as_slice().len())
+                                .sum();
+                            let counted = self.m().counters().statuses_unspooled;
+                            if sent as u64 > counted {
+                                self.violate(
+                                    Prop::CrashDurability,
+                                    format!(
+                                        "{status} of {} sent before it was on disk: {sent} such sends by this \
+                                         process, {counted} counted unprotected by the machine",
+                                        job_name(j)
+                                    ),
+                                );
+                            }
+                        }
                     }
                     None => self.violate(Prop::NoStatusLost, "a status of an unknown job sent"),
                 }
@@ -1477,8 +1882,65 @@ pub fn render(action: &Action) -> String {
             format!("Emit:{from}->{to} ({reason})")
         }
         Action::Emit(event) => format!("Emit:{event}"),
+        Action::Persist { id, batch } => render_batch(*id, batch),
         other => format!("{other:?}"),
     }
+}
+
+/// A spool batch as the scenario files write it: `Persist(id:+sid:status(job-N) +job-N -sid -job-N)`, or
+/// `Snapshot(...)`.
+fn render_batch(id: u64, batch: &SpoolBatch) -> String {
+    let mut parts = Vec::new();
+    for s in &batch.put_statuses {
+        parts.push(format!(
+            "+{}:{}({})",
+            s.id,
+            s.update.status,
+            job_name(job_of(&s.update.uuid))
+        ));
+    }
+    for j in &batch.put_jobs {
+        parts.push(format!("+{}", job_name(job_of(&j.uuid))));
+    }
+    for id in &batch.remove_statuses {
+        parts.push(format!("-{id}"));
+    }
+    for uuid in &batch.remove_jobs {
+        parts.push(format!("-{}", job_name(job_of(uuid))));
+    }
+    let kind = if batch.full_snapshot {
+        "Snapshot"
+    } else {
+        "Persist"
+    };
+    format!("{kind}({id}:{})", parts.join(" "))
+}
+
+/// What a recovery reported, as the scenario files write it.
+fn render_recovery(recovery: &Recovery) -> String {
+    let list = |uuids: &mut dyn Iterator<Item = &str>| {
+        uuids
+            .map(|u| job_name(job_of(u)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "Recovered(statuses={},jobs={},interrupted=[{}],resume=[{}],kill={})",
+        recovery.statuses,
+        recovery.jobs,
+        list(&mut recovery.interrupted.iter().map(String::as_str)),
+        list(&mut recovery.resume.iter().map(|r| r.job.uuid())),
+        recovery.kill.len()
+    )
+}
+
+/// `job-1/received, job-1/accepted`: for messages.
+fn names(statuses: &[(u8, JobStatus)]) -> String {
+    let parts: Vec<String> = statuses
+        .iter()
+        .map(|(j, s)| format!("{}/{s}", job_name(*j)))
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
 /// An action as a decision: what was done, to what, without the numbers that report history (how many times a
@@ -1494,6 +1956,8 @@ pub fn decision(action: &Action) -> String {
             Event::StatusRefused { uuid, status, .. } => format!("Refused {uuid} {status}"),
             Event::JobRejected { uuid, reason, .. } => format!("Rejected {uuid} {reason}"),
             Event::Ignored(what) => format!("Ignored {}", what.kind()),
+            // How long the spool was stale only reports history.
+            Event::SpoolUpToDate { .. } => "SpoolUpToDate".to_owned(),
             other => format!("{other:?}"),
         },
         other => format!("{other:?}"),
@@ -1572,6 +2036,10 @@ struct HeldKey {
     failure: Option<HordeFailureReason>,
     sends: u32,
     of_accepted_job: bool,
+    /// With the spool: its id (ids only grow with the statuses put, so they are bounded) and the batch that holds
+    /// it back.
+    spool_id: Option<u64>,
+    held_by: Option<u64>,
 }
 
 impl Fill for HeldKey {
@@ -1582,7 +2050,110 @@ impl Fill for HeldKey {
         failure: None,
         sends: 0,
         of_accepted_job: false,
+        spool_id: None,
+        held_by: None,
     };
+}
+
+/// A status update as projected: job, status and reasons (the texts are read by nothing).
+type UpdateKey = (
+    u8,
+    JobStatus,
+    Option<JobRejectionReason>,
+    Option<HordeFailureReason>,
+);
+
+fn update_key(u: &JobStatusUpdate) -> UpdateKey {
+    (
+        job_of(&u.uuid),
+        u.status,
+        u.metadata.job_rejection_details.as_ref().map(|d| d.reason),
+        u.metadata.horde_failure_details.as_ref().map(|d| d.reason),
+    )
+}
+
+/// A job record as projected: its job and where its work runs (the request text is constant per job, the
+/// acceptance time is the driver's stamp).
+fn job_record_key(r: &JobRecord) -> (u8, Option<String>) {
+    (
+        job_of(&r.uuid),
+        r.handler.as_ref().map(|h| match h {
+            HandlerRecord::Exec { pgid, start_time } => format!("exec {pgid} {start_time}"),
+            HandlerRecord::Celery { task_id } => format!("celery {task_id}"),
+        }),
+    )
+}
+
+/// A spool batch as projected. Batch and status ids are kept as they are: they only grow with the batches and
+/// statuses a path makes, which the bounds keep finite.
+#[derive(Hash, PartialEq, Eq)]
+struct BatchKey {
+    full_snapshot: bool,
+    put_statuses: Vec<(u64, UpdateKey)>,
+    remove_statuses: Vec<u64>,
+    put_jobs: Vec<(u8, Option<String>)>,
+    remove_jobs: Vec<u8>,
+}
+
+impl BatchKey {
+    fn of(b: &SpoolBatch) -> Self {
+        BatchKey {
+            full_snapshot: b.full_snapshot,
+            put_statuses: b
+                .put_statuses
+                .iter()
+                .map(|s| (s.id, update_key(&s.update)))
+                .collect(),
+            remove_statuses: b.remove_statuses.clone(),
+            put_jobs: b.put_jobs.iter().map(job_record_key).collect(),
+            remove_jobs: b.remove_jobs.iter().map(|u| job_of(u)).collect(),
+        }
+    }
+}
+
+/// The machine's spool bookkeeping as projected: everything but when it became stale (only reported), with the
+/// retry deadline as a distance from now while it is pending (once a snapshot is under way it is stale data,
+/// overwritten before it is read again).
+#[derive(Hash, PartialEq, Eq)]
+struct SpoolKey {
+    next_status_id: u64,
+    next_batch_id: u64,
+    released_up_to: u64,
+    batch: BatchKey,
+    jobs: Vec<(u8, Option<String>)>,
+    stale: Option<(Option<u64>, Option<i64>, u128)>,
+    stopping: bool,
+}
+
+/// The world's spool as projected: the file and the writer's queue.
+#[derive(Hash, PartialEq, Eq)]
+struct DurableKey {
+    disk_statuses: Vec<(u64, UpdateKey)>,
+    disk_jobs: Vec<(u8, Option<String>)>,
+    queue: Vec<(u64, BatchKey)>,
+    stale: bool,
+    last_id: u64,
+}
+
+impl DurableKey {
+    fn of(d: &Durable) -> Self {
+        DurableKey {
+            disk_statuses: d
+                .disk
+                .statuses
+                .iter()
+                .map(|(id, u)| (*id, update_key(u)))
+                .collect(),
+            disk_jobs: d.disk.jobs.values().map(job_record_key).collect(),
+            queue: d
+                .queue
+                .iter()
+                .map(|(id, b)| (*id, BatchKey::of(b)))
+                .collect(),
+            stale: d.stale,
+            last_id: d.last_id,
+        }
+    }
 }
 
 impl Fill for (u8, bool) {
@@ -1605,6 +2176,8 @@ struct MachineKey {
     jobs: Small<(u8, bool), 8>,
     backoff_failures: u32,
     cancelled_any: bool,
+    unspooled: u64,
+    spool: Option<SpoolKey>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -1621,7 +2194,7 @@ struct LinkWorldKey<'a> {
 struct WorldKey<'a> {
     link: Option<LinkWorldKey<'a>>,
     facilitator: &'a Facilitator,
-    durable: &'a Durable,
+    durable: DurableKey,
     jobs: &'a [JobWorld; MAX_JOBS],
     pushed: u8,
     signals: u8,
@@ -1668,7 +2241,11 @@ impl McState {
             State::Stopped { reason } => StateKey::Stopped(*reason),
         };
         let mut held = Small::new();
-        for (u, (sends, of_accepted_job)) in m.undelivered().zip(m.undelivered_details()) {
+        for ((u, (sends, of_accepted_job)), (spool_id, held_by)) in m
+            .undelivered()
+            .zip(m.undelivered_details())
+            .zip(m.undelivered_spool())
+        {
             held.push(HeldKey {
                 job: job_of(&u.uuid),
                 status: u.status,
@@ -1676,8 +2253,28 @@ impl McState {
                 failure: u.metadata.horde_failure_details.as_ref().map(|d| d.reason),
                 sends: sends.min(2),
                 of_accepted_job,
+                spool_id,
+                held_by,
             });
         }
+        let spool = config.durable.then(|| {
+            let v = m.spool_view();
+            SpoolKey {
+                next_status_id: v.next_status_id,
+                next_batch_id: v.next_batch_id,
+                released_up_to: v.released_up_to,
+                batch: BatchKey::of(&v.batch),
+                jobs: v.jobs.iter().map(job_record_key).collect(),
+                stale: v.stale.map(|(snapshot, retry_at, delay)| {
+                    (
+                        snapshot,
+                        snapshot.is_none().then(|| rel(now, retry_at)),
+                        delay.as_millis(),
+                    )
+                }),
+                stopping: v.stopping,
+            }
+        });
         let mut jobs = Small::new();
         for (uuid, terminal) in m.running_jobs_terminal() {
             jobs.push((job_of(uuid), terminal));
@@ -1689,6 +2286,9 @@ impl McState {
             jobs,
             backoff_failures: m.backoff_failures().min(failures_at_cap(config)),
             cancelled_any: m.counters().jobs_cancelled > 0,
+            // Read by the world (unprotected sends may not outnumber it); bounded by the statuses of a path.
+            unspooled: m.counters().statuses_unspooled,
+            spool,
         }
     }
 
@@ -1715,7 +2315,7 @@ impl McState {
                 since_heartbeat: l.last_heartbeat.map(|t| rel(t, now).min(interval)),
             }),
             facilitator: &w.facilitator,
-            durable: &w.durable,
+            durable: DurableKey::of(&w.durable),
             jobs: &w.jobs,
             pushed: w.pushed,
             signals: w.signals,
@@ -1753,7 +2353,7 @@ impl Model for McModel {
         vec![McState {
             machine: Machine::new(
                 self.config.clone(),
-                self.fixtures.own.auth_request(),
+                self.fixtures.auth.clone(),
                 self.fixtures.signers.clone(),
                 self.origin,
             ),
@@ -1764,12 +2364,16 @@ impl Model for McModel {
                     stored: [Statuses::new(); MAX_JOBS],
                     refused: [Statuses::new(); MAX_JOBS],
                 },
-                durable: Durable,
+                durable: Durable::default(),
                 jobs: [JobWorld {
                     kind: None,
                     handler: Handler::Idle,
                     expected: Statuses::new(),
                     ended: false,
+                    ever_durable: Statuses::new(),
+                    exposed: false,
+                    recovered: Statuses::new(),
+                    unprotected: Statuses::new(),
                 }; MAX_JOBS],
                 pushed: 0,
                 signals: 0,
@@ -1780,6 +2384,16 @@ impl Model for McModel {
                     refusals: self.bounds.refusals,
                     extra_statuses: self.bounds.extra_statuses,
                     refused_jobs: self.bounds.refused_jobs,
+                    crashes: if self.bounds.durable {
+                        self.bounds.crashes
+                    } else {
+                        0
+                    },
+                    commit_failures: if self.bounds.durable {
+                        self.bounds.commit_failures
+                    } else {
+                        0
+                    },
                 },
                 authentications: 0,
                 just: 0,
@@ -1789,8 +2403,16 @@ impl Model for McModel {
     }
 
     fn actions(&self, state: &McState, actions: &mut Vec<Act>) {
-        // A broken property ends the path there; Stopped is absorbing (the driver ends).
-        if state.world.violation.is_some() || state.machine.state().is_stopped() {
+        // A broken property ends the path there; Stopped is absorbing (the driver ends), but with the spool the
+        // writer still commits what the last step queued, and the program may be started again (a restart is a
+        // crash of a stopped process: what is on disk is what the next one finds).
+        if state.world.violation.is_some() {
+            return;
+        }
+        if state.machine.state().is_stopped() {
+            if self.bounds.durable {
+                actions.extend([Act::Commit(true), Act::Commit(false), Act::Crash]);
+            }
             return;
         }
         actions.extend([
@@ -1821,6 +2443,9 @@ impl Model for McModel {
             ]);
         }
         actions.extend([Act::Shutdown, Act::ForceStop]);
+        if self.bounds.durable {
+            actions.extend([Act::Commit(true), Act::Commit(false), Act::Crash]);
+        }
     }
 
     fn next_state(&self, last: &McState, action: Act) -> Option<McState> {
@@ -1878,6 +2503,9 @@ impl Model for McModel {
             Property::always(Prop::DispatchDiscipline.name(), |_, s: &McState| {
                 s.ok(Prop::DispatchDiscipline)
             }),
+            Property::always(Prop::CrashDurability.name(), |_, s: &McState| {
+                s.ok(Prop::CrashDurability)
+            }),
         ];
         properties.extend([
             Property::sometimes("job_completes_after_reconnect", |_, s: &McState| {
@@ -1915,6 +2543,21 @@ impl Model for McModel {
                 s.world.just & just::BACKOFF_RESET != 0
             }),
         ]);
+        if self.bounds.durable && self.bounds.crashes > 0 {
+            properties.extend([
+                Property::sometimes("crash_recovered", |_, s: &McState| {
+                    s.world.just & just::CRASH_RECOVERED != 0
+                }),
+                Property::sometimes("crash_loses_uncommitted_job_failed", |_, s: &McState| {
+                    s.world.just & just::LOST_UNCOMMITTED_JOB_FAILED != 0
+                }),
+            ]);
+        }
+        if self.bounds.durable && self.bounds.commit_failures > 0 {
+            properties.push(Property::sometimes("sent_unprotected", |_, s: &McState| {
+                s.world.just & just::SENT_UNPROTECTED != 0
+            }));
+        }
         if self.bounds.refusals > 0 {
             properties.push(Property::sometimes("status_refused", |_, s: &McState| {
                 s.world.just & just::STATUS_REFUSED != 0
