@@ -65,7 +65,13 @@
 //! [`handler::JobHandler`]. Here against the reference facilitator on loopback (feature `reference`), stopped once
 //! three jobs are done; against the real one, use its URL and trust the SDK user's signing key.
 //!
-//! ```
+// The example needs `runtime` and `reference`: built without them (`cargo test --no-default-features`) it is shown but
+// not compiled. (A doctest does not see the crate's features as cfgs, so the switch is made here.)
+#![cfg_attr(all(feature = "runtime", feature = "reference"), doc = "```")]
+#![cfg_attr(
+    not(all(feature = "runtime", feature = "reference")),
+    doc = "```ignore"
+)]
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use facilitator_client::handler::{BoxFuture, JobHandler, StatusSender};
