@@ -93,22 +93,7 @@ struct ModelSpool {
 
 impl ModelSpool {
     fn apply(&mut self, batch: &SpoolBatch) {
-        if batch.full_snapshot {
-            self.statuses.clear();
-            self.jobs.clear();
-        }
-        for s in &batch.put_statuses {
-            self.statuses.insert(s.id, s.update.clone());
-        }
-        for j in &batch.put_jobs {
-            self.jobs.insert(j.uuid.clone(), j.clone());
-        }
-        for id in &batch.remove_statuses {
-            self.statuses.remove(id);
-        }
-        for uuid in &batch.remove_jobs {
-            self.jobs.remove(uuid);
-        }
+        batch.apply_to(&mut self.statuses, &mut self.jobs);
     }
 
     /// Everything queued as one commit: its result, as the machine is told.

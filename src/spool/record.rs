@@ -8,7 +8,7 @@
 //! The serde forms of [`JobRecord`] and [`HandlerRecord`] are the spool file's record format (format version 1 in
 //! `store.rs`): changing a field name or meaning needs a new format version.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,31 @@ impl SpoolBatch {
             put_statuses: statuses,
             put_jobs: jobs,
             ..SpoolBatch::default()
+        }
+    }
+
+    /// Applies this batch to an in-memory picture of the spool's content, with exactly the meaning above: the
+    /// reference the store, the simulation, the scenarios and the model checker all hold a file to.
+    pub fn apply_to(
+        &self,
+        statuses: &mut BTreeMap<u64, JobStatusUpdate>,
+        jobs: &mut BTreeMap<String, JobRecord>,
+    ) {
+        if self.full_snapshot {
+            statuses.clear();
+            jobs.clear();
+        }
+        for put in &self.put_statuses {
+            statuses.insert(put.id, put.update.clone());
+        }
+        for job in &self.put_jobs {
+            jobs.insert(job.uuid.clone(), job.clone());
+        }
+        for id in &self.remove_statuses {
+            statuses.remove(id);
+        }
+        for uuid in &self.remove_jobs {
+            jobs.remove(uuid);
         }
     }
 

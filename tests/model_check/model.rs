@@ -499,22 +499,7 @@ pub struct Disk {
 impl Disk {
     /// Applies one batch, as `SpoolBatch` documents it: a snapshot empties the file, then puts, then removes.
     fn apply(&mut self, batch: &SpoolBatch) {
-        if batch.full_snapshot {
-            self.statuses.clear();
-            self.jobs.clear();
-        }
-        for put in &batch.put_statuses {
-            self.statuses.insert(put.id, put.update.clone());
-        }
-        for job in &batch.put_jobs {
-            self.jobs.insert(job.uuid.clone(), job.clone());
-        }
-        for id in &batch.remove_statuses {
-            self.statuses.remove(id);
-        }
-        for uuid in &batch.remove_jobs {
-            self.jobs.remove(uuid);
-        }
+        batch.apply_to(&mut self.statuses, &mut self.jobs);
     }
 
     /// Whether the file holds this status of job `j`.
