@@ -2444,6 +2444,9 @@ mod bench {
                 // at the default bound (256) about half of the jobs at max_open 256 were answered `busy` before
                 // any signature check, which made the per-job figure an average of checked and refused jobs.
                 client.args(["--max-running-jobs", &(2 * max_open).max(256).to_string()]);
+                // As every other section but the spool's: no spool (and never the user's state directory). Without
+                // this the counts included the spool's commits, a whole signature check's worth per job.
+                client.arg("--no-spool");
                 client
             }
             Runner::Ceiling => ceiling_command(&server.url, "20"),
