@@ -380,23 +380,13 @@ fn bounded(label: &str, bounds: Bounds) {
 #[test]
 #[ignore = "the deeper run: minutes; run once per change of the machine"]
 fn deep_model_check() {
-    let bounds = with_overrides(deep_bounds());
-    let mut outcome = check(bounds, false, Search::Dfs);
-    if !outcome.failures.is_empty() {
-        outcome.failures = check(bounds, true, Search::Bfs).failures;
-    }
-    report("deep", bounds, &outcome);
+    bounded("deep", deep_bounds());
 }
 
 #[test]
 #[ignore = "the deeper run with the spool: minutes"]
 fn deep_model_check_durable() {
-    let bounds = with_overrides(deep_durable_bounds());
-    let mut outcome = check(bounds, false, Search::Dfs);
-    if !outcome.failures.is_empty() {
-        outcome.failures = check(bounds, true, Search::Bfs).failures;
-    }
-    report("deep-durable", bounds, &outcome);
+    bounded("deep-durable", deep_durable_bounds());
 }
 
 /// A path printed as a scenario replays, input for input, to the same machine: the printer feeds what the model
