@@ -866,12 +866,15 @@ impl Loop {
         }
         // Cancel what still runs and wait for it, so no handler process outlives the client.
         self.jobs.shutdown().await;
-        // Cheat reports on their way get a short, bounded while to arrive (each hand-off has its own timeout).
+        // Cheat reports on their way get a short, bounded while to arrive (each hand-off has its own timeout); none
+        // after a forced stop, which must not wait for Redis.
+        let grace = if matches!(reason, StopReason::Forced) {
+            Duration::ZERO
+        } else {
+            CHEAT_FORWARD_GRACE
+        };
         let forwards = async { while self.cheat_forwards.join_next().await.is_some() {} };
-        if tokio::time::timeout(CHEAT_FORWARD_GRACE, forwards)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, forwards).await.is_err() {
             warn!(
                 "{} cheat report(s) still being handed on at the stop: abandoned",
                 self.cheat_forwards.len()
